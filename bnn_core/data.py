@@ -1,0 +1,328 @@
+"""Datasets as uint8 arrays, the seeded train/validation split and a device-resident loader.
+
+``load_dataset`` returns NCHW uint8 images (digits are rescaled from 0..16 to 0..255) and int64
+labels. ``DeviceLoader`` puts a whole split on the device once; each epoch draws a permutation
+on the device, slices batches by index, and normalises (and, for CIFAR-10, augments) on the
+device, so a training step makes no host round trip.
+
+File formats (no torchvision): MNIST / Fashion-MNIST as IDX files, gzipped or raw
+(``train-images-idx3-ubyte[.gz]`` ...); CIFAR-10 as the python pickle batches
+(``data_batch_1..5``, ``test_batch``) in ``data_dir`` or ``data_dir/cifar-10-batches-py``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import pickle
+import shutil
+import tarfile
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .augment import normalize, random_crop_flip
+from .config import ConfigError
+
+__all__ = [
+    "DATASET_NAMES",
+    "Dataset",
+    "DeviceLoader",
+    "default_data_dir",
+    "load_dataset",
+    "read_idx",
+    "split_indices",
+]
+
+DATASET_NAMES = ("digits", "fashion-mnist", "mnist", "cifar10")
+
+FASHION_MNIST_SYSTEM_DIR = "/usr/share/datasets/fashion-mnist"
+IDX_FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+IDX_URLS = {
+    "fashion-mnist": "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+    "mnist": "https://ossci-datasets.s3.amazonaws.com/mnist/",
+}
+CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+CIFAR_SUBDIR = "cifar-10-batches-py"
+CIFAR_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
+CIFAR_TEST = "test_batch"
+DIGITS_TEST_FRACTION = 0.2
+DIGITS_SPLIT_SEED = 0
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A dataset in memory: NCHW uint8 images, int64 labels."""
+
+    name: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    num_classes: int
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        c, h, w = self.x_train.shape[1:]
+        return int(c), int(h), int(w)
+
+    @property
+    def augment_by_default(self) -> bool:
+        """The Bop paper augments CIFAR-10 (pad 4, crop, flip); the others are not augmented."""
+        return self.name == "cifar10"
+
+
+# ---------------------------------------------------------------------------------------------
+# readers
+
+
+def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
+    """Read an IDX file (gzipped or raw, detected by the gzip magic bytes) into a numpy array."""
+    raw = Path(path).read_bytes()
+    if raw[:2] == b"\x1f\x8b":
+        raw = gzip.decompress(raw)
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
+        raise ValueError(f"{path}: not an IDX file (bad magic number)")
+    dtypes = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+    if raw[2] not in dtypes:
+        raise ValueError(f"{path}: unknown IDX data type 0x{raw[2]:02x}")
+    ndim = raw[3]
+    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    dtype = np.dtype(dtypes[raw[2]])
+    count = int(np.prod(dims)) if dims else 1
+    data = np.frombuffer(raw, dtype=dtype, count=count, offset=4 + 4 * ndim)
+    return data.reshape(dims).astype(dtype.newbyteorder("="))
+
+
+def _find_file(directory: Path, stem: str) -> Path | None:
+    for candidate in (stem, f"{stem}.gz"):
+        for folder in (directory, directory / "raw"):
+            if (folder / candidate).is_file():
+                return folder / candidate
+    return None
+
+
+def _missing(name: str, directory: Path, what: str | None) -> ConfigError:
+    how = "pass download=True (bnn-train --download) to fetch the official files"
+    if name == "fashion-mnist":
+        how = "install it with `apt-get install -y dataset-fashion-mnist`, or " + how
+    where = f"file {what} not found in {directory}" if what else f"{directory} does not exist"
+    return ConfigError("data_dir", f"{name}: {where}; {how}")
+
+
+def _load_idx_dataset(name: str, directory: Path) -> Dataset:
+    arrays = {}
+    for key, stem in IDX_FILES.items():
+        path = _find_file(directory, stem)
+        if path is None:
+            raise _missing(name, directory, f"{stem}[.gz]")
+        arrays[key] = read_idx(path)
+    return Dataset(
+        name=name,
+        x_train=arrays["train_images"].astype(np.uint8)[:, None],
+        y_train=arrays["train_labels"].astype(np.int64),
+        x_test=arrays["test_images"].astype(np.uint8)[:, None],
+        y_test=arrays["test_labels"].astype(np.int64),
+        num_classes=10,
+    )
+
+
+def read_cifar_batch(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
+    """One CIFAR-10 python pickle batch -> (N, 3, 32, 32) uint8 images, (N,) int64 labels."""
+    with open(path, "rb") as handle:
+        entry = pickle.load(handle, encoding="bytes")
+    data = entry.get(b"data", entry.get("data"))
+    labels = entry.get(b"labels", entry.get("labels"))
+    images = np.asarray(data, dtype=np.uint8).reshape(-1, 3, 32, 32)
+    return images, np.asarray(labels, dtype=np.int64)
+
+
+def _load_cifar10(directory: Path) -> Dataset:
+    if (directory / CIFAR_SUBDIR).is_dir():
+        directory = directory / CIFAR_SUBDIR
+    for stem in (*CIFAR_TRAIN, CIFAR_TEST):
+        if not (directory / stem).is_file():
+            raise _missing("cifar10", directory, stem)
+    train = [read_cifar_batch(directory / stem) for stem in CIFAR_TRAIN]
+    x_test, y_test = read_cifar_batch(directory / CIFAR_TEST)
+    return Dataset(
+        name="cifar10",
+        x_train=np.concatenate([x for x, _ in train]),
+        y_train=np.concatenate([y for _, y in train]),
+        x_test=x_test,
+        y_test=y_test,
+        num_classes=10,
+    )
+
+
+def _load_digits() -> Dataset:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    images = np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8)[:, None]
+    labels = digits.target.astype(np.int64)
+    x_train, x_test, y_train, y_test = train_test_split(
+        images,
+        labels,
+        test_size=DIGITS_TEST_FRACTION,
+        random_state=DIGITS_SPLIT_SEED,
+        stratify=labels,
+    )
+    return Dataset("digits", x_train, y_train, x_test, y_test, num_classes=10)
+
+
+# ---------------------------------------------------------------------------------------------
+# download
+
+
+def _download(url: str, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(target.name + ".part")
+    with urllib.request.urlopen(url, timeout=60) as response, open(partial, "wb") as out:
+        shutil.copyfileobj(response, out)
+    partial.replace(target)
+
+
+def download_dataset(name: str, directory: Path) -> None:
+    """Fetch the official archives of ``name`` into ``directory`` (skips files already there)."""
+    try:
+        if name in IDX_URLS:
+            for stem in IDX_FILES.values():
+                if _find_file(directory, stem) is None:
+                    _download(IDX_URLS[name] + f"{stem}.gz", directory / f"{stem}.gz")
+        elif name == "cifar10" and not (directory / CIFAR_SUBDIR / CIFAR_TEST).is_file():
+            archive = directory / "cifar-10-python.tar.gz"
+            if not archive.is_file():
+                _download(CIFAR_URL, archive)
+            with tarfile.open(archive) as tar:
+                tar.extractall(directory, filter="data")
+    except OSError as exc:
+        raise ConfigError("data_dir", f"{name}: download into {directory} failed: {exc}") from exc
+
+
+# ---------------------------------------------------------------------------------------------
+# public loader
+
+
+def default_data_dir(name: str) -> Path:
+    """Where ``name`` is looked for when no data_dir is given.
+
+    Fashion-MNIST: Debian's ``/usr/share/datasets/fashion-mnist`` if present; otherwise
+    ``$BNN_DATA_DIR/<name>`` or ``~/.cache/bnn-tune/<name>``.
+    """
+    if name == "fashion-mnist" and Path(FASHION_MNIST_SYSTEM_DIR).is_dir():
+        return Path(FASHION_MNIST_SYSTEM_DIR)
+    root = os.environ.get("BNN_DATA_DIR") or Path.home() / ".cache" / "bnn-tune"
+    return Path(root) / name
+
+
+def load_dataset(name: str, data_dir: str | None = None, download: bool = False) -> Dataset:
+    """Load ``name`` (one of ``DATASET_NAMES``) as uint8 NCHW arrays.
+
+    Raises ``ConfigError('dataset')`` for an unknown name and ``ConfigError('data_dir')`` when
+    a file is missing (the message names it and says how to get it).
+    """
+    if name not in DATASET_NAMES:
+        raise ConfigError("dataset", f"unknown dataset {name!r}; one of {list(DATASET_NAMES)}")
+    if name == "digits":
+        return _load_digits()
+    directory = Path(data_dir).expanduser() if data_dir else default_data_dir(name)
+    if download:
+        download_dataset(name, directory)
+    if not directory.is_dir():
+        raise _missing(name, directory, None)
+    return _load_cifar10(directory) if name == "cifar10" else _load_idx_dataset(name, directory)
+
+
+def split_indices(
+    n: int, val_fraction: float, seed: int, max_samples: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded disjoint (train, val) index arrays over ``range(n)``.
+
+    ``max_samples`` caps the pool that is split (so a quick run also validates on fewer samples).
+    Both parts get at least one sample.
+    """
+    order = np.random.default_rng(seed).permutation(n)
+    if max_samples is not None:
+        order = order[: max(2, min(n, max_samples))]
+    n_val = min(len(order) - 1, max(1, int(round(val_fraction * len(order)))))
+    return np.sort(order[n_val:]), np.sort(order[:n_val])
+
+
+# ---------------------------------------------------------------------------------------------
+# device-resident loader
+
+
+class DeviceLoader:
+    """Batches of a uint8 split that lives on ``device``.
+
+    Iterating yields ``(x, y)`` with ``x`` normalised to [-1, 1] (float32, or ``channels_last``
+    if asked). With ``shuffle`` a permutation is drawn on the device from ``generator`` each
+    epoch and, with ``drop_last``, the trailing partial batch is dropped (Keras
+    ``steps_per_epoch = N // batch_size``). ``augment`` applies the pad-4/crop/flip pipeline.
+    """
+
+    def __init__(
+        self,
+        images: np.ndarray,
+        labels: np.ndarray,
+        batch_size: int,
+        device: torch.device,
+        *,
+        shuffle: bool = False,
+        augment: bool = False,
+        drop_last: bool = False,
+        generator: torch.Generator | None = None,
+        channels_last: bool = False,
+    ) -> None:
+        self.x = torch.from_numpy(np.ascontiguousarray(images)).to(device)
+        self.y = torch.from_numpy(np.ascontiguousarray(labels)).to(device)
+        self.batch_size = batch_size
+        self.device = device
+        self.shuffle = shuffle
+        self.augment = augment
+        self.drop_last = drop_last and len(self.y) >= batch_size
+        self.generator = generator
+        self.channels_last = channels_last
+
+    @property
+    def num_samples(self) -> int:
+        return int(self.y.shape[0])
+
+    def __len__(self) -> int:
+        n, bs = self.num_samples, self.batch_size
+        return n // bs if self.drop_last else -(-n // bs)
+
+    def _prepare(self, x: Tensor) -> Tensor:
+        if self.augment:
+            x = random_crop_flip(x, pad=4, generator=self.generator)
+        x = normalize(x)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        n, bs = self.num_samples, self.batch_size
+        order = (
+            torch.randperm(n, device=self.device, generator=self.generator)
+            if self.shuffle
+            else None
+        )
+        for i in range(len(self)):
+            if order is None:
+                x, y = self.x[i * bs : (i + 1) * bs], self.y[i * bs : (i + 1) * bs]
+            else:
+                index = order[i * bs : (i + 1) * bs]
+                x, y = self.x[index], self.y[index]
+            yield self._prepare(x), y
