@@ -1,0 +1,206 @@
+"""One binary optimizer plus Adam for the real parameters, stepped together with schedules."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.optim import Optimizer
+
+from ..config import OptimizerConfig, Schedule
+from ..layers import split_parameters, use_latent_weights
+from ..schedules import schedule_value
+from .bop import Bop
+from .bop2 import Bop2ndOrder
+from .cema import CEMA
+from .latent import SGDW
+
+__all__ = ["BinaryOptimizerPair", "ScheduledHyperparameter", "build_optimizer", "REAL_ADAM_EPS"]
+
+# Keras' Adam epsilon: the Bop paper trains real parameters with Keras defaults (science.md 1.4).
+REAL_ADAM_EPS = 1e-7
+
+
+@dataclass(frozen=True)
+class ScheduledHyperparameter:
+    """``name`` (reported key) is written into param-group key ``key`` of optimizer ``target``
+    ('binary' or 'real') before every step, following ``schedule`` from ``base``."""
+
+    name: str
+    target: str
+    key: str
+    base: float
+    schedule: Schedule = Schedule()
+
+
+class BinaryOptimizerPair:
+    """The binary optimizer and the real-parameter Adam, stepped in the same ``step()``.
+
+    ``step()`` writes every scheduled hyperparameter for the current global step into the
+    param groups (Keras semantics: the first update uses step 0), steps the binary optimizer,
+    then the real one, and increments ``global_step``. Either optimizer is ``None`` when the
+    model has no parameters of that kind.
+    """
+
+    def __init__(
+        self,
+        binary: Optimizer | None,
+        real: Optimizer | None,
+        scheduled: list[ScheduledHyperparameter],
+        steps_per_epoch: int,
+        total_steps: int,
+    ) -> None:
+        self.binary = binary
+        self.real = real
+        self.scheduled = scheduled
+        self.steps_per_epoch = steps_per_epoch
+        self.total_steps = total_steps
+        self.global_step = 0
+
+    @property
+    def binary_parameters(self) -> list[torch.Tensor]:
+        if self.binary is None:
+            return []
+        return [p for group in self.binary.param_groups for p in group["params"]]
+
+    def _value(self, item: ScheduledHyperparameter, step: int) -> float:
+        return schedule_value(
+            item.base, item.schedule, step, self.steps_per_epoch, self.total_steps
+        )
+
+    def step(self) -> None:
+        """Apply the schedules at ``global_step``, step binary then real, advance the step."""
+        for item in self.scheduled:
+            optimizer = getattr(self, item.target)
+            if optimizer is not None:
+                value = self._value(item, self.global_step)
+                for group in optimizer.param_groups:
+                    group[item.key] = value
+        for optimizer in (self.binary, self.real):
+            if optimizer is not None:
+                optimizer.step()
+        self.global_step += 1
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for optimizer in (self.binary, self.real):
+            if optimizer is not None:
+                optimizer.zero_grad(set_to_none=set_to_none)
+
+    def hyperparameters(self) -> dict[str, float]:
+        """The values in force: those used by the last step (the initial ones before any)."""
+        step = max(self.global_step - 1, 0)
+        return {item.name: self._value(item, step) for item in self.scheduled}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "global_step": self.global_step,
+            "binary": None if self.binary is None else self.binary.state_dict(),
+            "real": None if self.real is None else self.real.state_dict(),
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # Restoring the filter state matters: from zero state the next step flips ~50 % of
+        # the weights (science.md 3.8).
+        self.global_step = int(state_dict["global_step"])
+        for name in ("binary", "real"):
+            optimizer = getattr(self, name)
+            if (optimizer is None) != (state_dict[name] is None):
+                raise ValueError(f"state_dict.{name}: does not match this optimizer pair")
+            if optimizer is not None:
+                optimizer.load_state_dict(state_dict[name])
+
+
+BinaryBuilder = Callable[[list[nn.Parameter], OptimizerConfig], Optimizer]
+
+
+def _build_bop(params: list[nn.Parameter], config: OptimizerConfig) -> Optimizer:
+    return Bop(params, gamma=config.gamma, threshold=config.threshold)
+
+
+def _build_bop2(params: list[nn.Parameter], config: OptimizerConfig) -> Optimizer:
+    return Bop2ndOrder(params, gamma=config.gamma, sigma=config.sigma, threshold=config.threshold)
+
+
+def _build_filter(params: list[nn.Parameter], config: OptimizerConfig) -> Optimizer:
+    return CEMA(params, alpha=config.alpha, gamma=config.gamma)
+
+
+def _build_latent_adam(params: list[nn.Parameter], config: OptimizerConfig) -> Optimizer:
+    adam = torch.optim.AdamW if config.decoupled_weight_decay else torch.optim.Adam
+    return adam(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def _build_latent_sgd(params: list[nn.Parameter], config: OptimizerConfig) -> Optimizer:
+    if config.decoupled_weight_decay:
+        return SGDW(
+            params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+        )
+    return torch.optim.SGD(
+        params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+    )
+
+
+_BUILDERS: dict[str, BinaryBuilder] = {
+    "bop": _build_bop,
+    "bop2": _build_bop2,
+    "filter": _build_filter,
+    "latent-adam": _build_latent_adam,
+    "latent-sgd": _build_latent_sgd,
+}
+
+
+def _binary_schedules(config: OptimizerConfig) -> list[ScheduledHyperparameter]:
+    """Which schedule drives which hyperparameter, per family."""
+    binary = "binary"
+    if config.name == "bop":
+        return [
+            ScheduledHyperparameter("gamma", binary, "gamma", config.gamma, config.gamma_schedule),
+            ScheduledHyperparameter(
+                "threshold", binary, "threshold", config.threshold, config.threshold_schedule
+            ),
+        ]
+    if config.name == "bop2":
+        return [
+            ScheduledHyperparameter("gamma", binary, "gamma", config.gamma, config.gamma_schedule),
+            ScheduledHyperparameter("sigma", binary, "sigma", config.sigma),
+            ScheduledHyperparameter(
+                "threshold", binary, "threshold", config.threshold, config.threshold_schedule
+            ),
+        ]
+    if config.name == "filter":
+        return [
+            ScheduledHyperparameter("alpha", binary, "alpha", config.alpha, config.alpha_schedule),
+            ScheduledHyperparameter("gamma", binary, "gamma", config.gamma),
+        ]
+    return [ScheduledHyperparameter("lr", binary, "lr", config.lr, config.lr_schedule)]
+
+
+def build_optimizer(
+    model: nn.Module, config: OptimizerConfig, steps_per_epoch: int, epochs: int
+) -> BinaryOptimizerPair:
+    """Split ``model`` by layer type and build the binary optimizer plus Adam for the rest.
+
+    For the latent families the binary layers are first switched to latent weights
+    (``use_latent_weights(model, config.latent_init_scale)``), so call this before the first
+    forward pass. Real parameters get ``Adam(real_lr, eps=1e-7)``.
+    """
+    if steps_per_epoch < 1:
+        raise ValueError(f"Invalid steps_per_epoch: {steps_per_epoch!r} (must be >= 1)")
+    if epochs < 1:
+        raise ValueError(f"Invalid epochs: {epochs!r} (must be >= 1)")
+    if config.name.startswith("latent-"):
+        use_latent_weights(model, config.latent_init_scale)
+    binary_params, real_params = split_parameters(model)
+    binary = _BUILDERS[config.name](binary_params, config) if binary_params else None
+    real = (
+        torch.optim.Adam(real_params, lr=config.real_lr, eps=REAL_ADAM_EPS)
+        if real_params
+        else None
+    )
+    scheduled = _binary_schedules(config) + [
+        ScheduledHyperparameter("real_lr", "real", "lr", config.real_lr, config.real_lr_schedule)
+    ]
+    return BinaryOptimizerPair(binary, real, scheduled, steps_per_epoch, steps_per_epoch * epochs)
