@@ -1,0 +1,71 @@
+"""SQLAlchemy 2.0 typed tables owned by BNN-Tune (Optuna owns its own tables in the same DB)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, DateTime, Integer, MetaData, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+__all__ = ["Base", "Study", "STUDY_STATUSES", "ACTIVE_STATUSES", "optuna_study_name"]
+
+STUDY_STATUSES: tuple[str, ...] = (
+    "queued",  # created, no worker has started a trial yet
+    "running",  # a worker started at least one trial
+    "stopping",  # POST /stop: workers end running trials at their next epoch
+    "stopped",  # stopped by request; no trial runs
+    "completed",  # the budget (n_trials) is used up and every trial finished
+    "failed",  # the study cannot go on (see ``error``)
+    "deleted",  # soft-deleted; hidden from the list
+)
+ACTIVE_STATUSES: tuple[str, ...] = ("queued", "running")
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def optuna_study_name(study_id: int) -> str:
+    """The Optuna study that belongs to our study ``study_id``."""
+    return f"bnn-tune-{study_id}"
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {dict[str, Any]: JSON, datetime: DateTime(timezone=True)}
+
+
+class Study(Base):
+    """One tuning study: the validated spec, its lifecycle status and its trial budget.
+
+    ``n_claimed`` counts trials that workers have started against the study-wide budget
+    ``n_trials``; workers increment it atomically (see ``service.db.claim_trial_slot``).
+    """
+
+    __tablename__ = "bnn_studies"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(63), unique=True)
+    spec: Mapped[dict[str, Any]]
+    status: Mapped[str] = mapped_column(String(16), default="queued", index=True)
+    owner: Mapped[str | None] = mapped_column(String(128))
+    optuna_study_name: Mapped[str | None] = mapped_column(String(64), unique=True)
+    n_trials: Mapped[int]
+    n_claimed: Mapped[int] = mapped_column(default=0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    error: Mapped[str | None] = mapped_column(Text)
+
+    def __repr__(self) -> str:
+        return f"Study(id={self.id!r}, name={self.name!r}, status={self.status!r})"

@@ -1,0 +1,51 @@
+"""Service settings, read once per process from ``BNN_TUNE_*`` environment variables."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings", "get_settings", "normalize_database_url"]
+
+
+def normalize_database_url(url: str) -> str:
+    """Rewrite ``postgres://`` and ``postgresql://`` to the psycopg 3 driver URL."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+class Settings(BaseSettings):
+    """Typed settings; every field can be set as ``BNN_TUNE_<FIELD>`` (e.g. BNN_TUNE_API_KEY)."""
+
+    model_config = SettingsConfigDict(env_prefix="BNN_TUNE_", extra="ignore")
+
+    database_url: str = Field(
+        "sqlite:///./bnn_tune.db",
+        description="SQLAlchemy URL of the one database holding our tables and Optuna's.",
+    )
+    api_key: str | None = Field(
+        None, description="When set, every /api/v1 route requires the header X-API-Key."
+    )
+    max_trials: int = Field(1000, ge=1, description="Upper bound for a study's n_trials.")
+    max_epochs: int = Field(1000, ge=1, description="Upper bound for a study's epochs.")
+    max_trials_per_gpu: int | None = Field(
+        None, ge=1, description="Upper bound for a study's trials_per_gpu (None: no bound)."
+    )
+    heartbeat_interval_s: int = Field(10, ge=1, description="Worker heartbeat period.")
+    grace_period_s: int = Field(30, ge=1, description="A RUNNING trial older than this is stale.")
+    max_retries: int = Field(2, ge=0, description="Default retries of a stale/failed trial.")
+
+    @field_validator("database_url")
+    @classmethod
+    def _normalize_url(cls, value: str) -> str:
+        return normalize_database_url(value)
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings (cached; tests build their own ``Settings(...)``)."""
+    return Settings()
