@@ -1,0 +1,78 @@
+"""Process-level control: SIGTERM/SIGINT -> a stop event, and the trial heartbeat thread.
+
+Optuna's own heartbeat thread only runs inside ``study.optimize``; the worker drives trials with
+ask/tell, so it records heartbeats itself (same storage call, same interval).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from types import FrameType, TracebackType
+
+from optuna.storages import BaseStorage
+
+__all__ = ["Heartbeat", "install_signal_handlers"]
+
+logger = logging.getLogger(__name__)
+
+
+def install_signal_handlers(stop: threading.Event) -> None:
+    """SIGTERM and SIGINT set ``stop``: the running trial finishes its epoch, is recorded and the
+    process exits 0. A second SIGINT raises KeyboardInterrupt as usual."""
+
+    def handle(signum: int, frame: FrameType | None) -> None:
+        if signum == signal.SIGINT and stop.is_set():
+            raise KeyboardInterrupt
+        logger.warning("signal %s: finishing the current epoch, then exiting", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)
+
+
+class Heartbeat:
+    """``with Heartbeat(storage, trial_id, interval):`` records a heartbeat right away and then
+    every ``interval`` seconds until the block ends. Storage errors (database briefly down) are
+    logged and retried at the next beat; they never reach the trial."""
+
+    def __init__(self, storage: BaseStorage, trial_id: int, interval: float | None) -> None:
+        self._storage = storage
+        self._trial_id = trial_id
+        self._interval = interval
+        self._done = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def beat(self) -> bool:
+        try:
+            self._storage.record_heartbeat(self._trial_id)  # type: ignore[attr-defined]
+        except Exception as exc:  # noqa: BLE001 - a missed beat is retried at the next one
+            logger.warning("heartbeat of trial %s failed: %s", self._trial_id, exc)
+            return False
+        return True
+
+    def _run(self) -> None:
+        assert self._interval is not None
+        while not self._done.wait(self._interval):
+            self.beat()
+
+    def __enter__(self) -> Heartbeat:
+        if self._interval is None or not hasattr(self._storage, "record_heartbeat"):
+            return self
+        self.beat()
+        self._thread = threading.Thread(
+            target=self._run, name=f"heartbeat-{self._trial_id}", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._done.set()
+        if self._thread is not None:
+            self._thread.join()

@@ -1,0 +1,216 @@
+"""Study spec + Optuna trial -> ``bnn_core.config.TrainConfig``; samplers and pruners of a spec.
+
+This is the one place where Optuna's names meet ``bnn_core``'s. Parameter names in Optuna are the
+spec's names (``gamma``, ``threshold``, ``alpha_schedule`` ...); ``include_zero`` ranges add a
+categorical ``<name>_is_zero`` parameter first. Fixed values are not sampled; they are recorded in
+the user attr ``fixed_params`` so that the dashboard shows them next to the sampled ones.
+
+The ``filter`` family needs ``alpha <= gamma``: ``gamma`` is sampled first and the range of
+``alpha`` is clipped to ``high = min(alpha.high, gamma)`` (a fixed alpha raises gamma's ``low``
+instead). When no valid alpha exists (gamma below alpha's lowest value, or an alpha choice above
+gamma) :class:`InfeasibleParams` is raised and the worker ends the trial PRUNED without training,
+with user attr ``error = "alpha > gamma"``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+import optuna
+from optuna.trial import BaseTrial
+
+from bnn_core.config import OptimizerConfig, Schedule, TrainConfig
+from service.spec import SCHEDULE_PARAMS, ChoiceSpec, RangeSpec, ScheduleSpec, StudySpec
+
+__all__ = [
+    "InfeasibleParams",
+    "suggest_params",
+    "build_optimizer_config",
+    "build_train_config",
+    "build_sampler",
+    "build_pruner",
+    "grid_search_space",
+    "train_config_dict",
+]
+
+SAMPLERS = ("tpe", "random", "cmaes", "grid", "qmc")
+PRUNERS = ("none", "median", "hyperband")
+
+
+class InfeasibleParams(ValueError):
+    """The sampled values violate a constraint of the family (the trial cannot train)."""
+
+
+def _suggest_range(trial: BaseTrial, name: str, spec: RangeSpec, **bounds: float) -> float:
+    low = bounds.get("low", spec.low)
+    high = bounds.get("high", spec.high)
+    if spec.include_zero and trial.suggest_categorical(f"{name}_is_zero", [True, False]):
+        return 0.0
+    if low > high:
+        raise InfeasibleParams(f"{name}: empty range [{low}, {high}]")
+    if low == high:
+        return low
+    return trial.suggest_float(name, low, high, log=spec.log, step=spec.step)
+
+
+def _suggest_one(trial: BaseTrial, name: str, spec: Any, fixed: dict[str, Any]) -> Any:
+    if isinstance(spec, RangeSpec):
+        return _suggest_range(trial, name, spec)
+    if isinstance(spec, ChoiceSpec):
+        return trial.suggest_categorical(name, list(spec.choices))
+    if isinstance(spec, ScheduleSpec):
+        fixed[name] = spec.model_dump()
+        return spec
+    fixed[name] = spec
+    return spec
+
+
+def _suggest_filter(
+    trial: BaseTrial, space: dict[str, Any], fixed: dict[str, Any]
+) -> dict[str, Any]:
+    """gamma first, then alpha clipped to alpha <= gamma (see the module docstring)."""
+    values: dict[str, Any] = {}
+    alpha, gamma = space.get("alpha"), space.get("gamma")
+    if isinstance(gamma, RangeSpec) and isinstance(alpha, int | float):
+        values["gamma"] = _suggest_range(trial, "gamma", gamma, low=max(gamma.low, float(alpha)))
+    elif gamma is not None:
+        values["gamma"] = _suggest_one(trial, "gamma", gamma, fixed)
+    gamma_value = float(values.get("gamma", OptimizerConfig.gamma))
+    if isinstance(alpha, RangeSpec):
+        values["alpha"] = _suggest_range(trial, "alpha", alpha, high=min(alpha.high, gamma_value))
+    elif alpha is not None:
+        values["alpha"] = _suggest_one(trial, "alpha", alpha, fixed)
+    if float(values.get("alpha", OptimizerConfig.alpha)) > gamma_value:
+        raise InfeasibleParams("alpha > gamma")
+    return values
+
+
+def suggest_params(trial: BaseTrial, spec: StudySpec) -> dict[str, Any]:
+    """Sample (or take fixed) every search-space parameter; returns ``name -> value`` with
+    schedule parameters as :class:`ScheduleSpec`/kind strings. Fixed values go to the user attr
+    ``fixed_params``. Raises :class:`InfeasibleParams` for an unsatisfiable filter sample."""
+    space = spec.space
+    fixed: dict[str, Any] = {}
+    values: dict[str, Any] = {}
+    if spec.optimizer == "filter":
+        values.update(_suggest_filter(trial, space, fixed))
+    for name, param in space.items():
+        if name not in values:
+            values[name] = _suggest_one(trial, name, param, fixed)
+    if fixed:
+        trial.set_user_attr("fixed_params", fixed)
+    return values
+
+
+def _schedule(value: Any) -> Schedule:
+    if isinstance(value, ScheduleSpec):
+        return Schedule(**value.model_dump())
+    if isinstance(value, str):
+        return Schedule(kind=value)  # type: ignore[arg-type]
+    raise TypeError(f"not a schedule: {value!r}")
+
+
+def build_optimizer_config(family: str, values: dict[str, Any]) -> OptimizerConfig:
+    """``OptimizerConfig(name=family, **values)``; unlisted fields keep their defaults."""
+    kwargs: dict[str, Any] = {}
+    for name, value in values.items():
+        if name in SCHEDULE_PARAMS:
+            kwargs[name] = _schedule(value)
+        else:
+            kwargs[name] = float(value)
+    return OptimizerConfig(name=family, **kwargs)
+
+
+def build_train_config(
+    spec: StudySpec,
+    trial: BaseTrial,
+    *,
+    device: str = "cpu",
+    data_dir: str | None = None,
+    download: bool = False,
+) -> TrainConfig:
+    """Sample the trial's parameters and build its ``TrainConfig`` (``device`` is already
+    resolved by the worker; ``data_dir``/``download`` of the spec win over the worker's)."""
+    values = suggest_params(trial, spec)
+    return TrainConfig(
+        model=spec.model,
+        dataset=spec.dataset,
+        data_dir=spec.data_dir or data_dir,
+        download=spec.download or download,
+        epochs=spec.epochs,
+        batch_size=spec.batch_size,
+        optimizer=build_optimizer_config(spec.optimizer, values),
+        seed=spec.seed,
+        device=device,
+        precision=spec.precision,
+        max_train_samples=spec.max_train_samples,
+    )
+
+
+def train_config_dict(config: TrainConfig) -> dict[str, Any]:
+    """JSON-ready dict of a TrainConfig (stored as the trial's user attr ``train_config``)."""
+    return asdict(config)
+
+
+def grid_search_space(spec: StudySpec) -> dict[str, list[Any]]:
+    """The grid of a spec whose every parameter is fixed, a choice or a stepped range."""
+    grid: dict[str, list[Any]] = {}
+    for name, param in spec.space.items():
+        if isinstance(param, ChoiceSpec):
+            grid[name] = list(param.choices)
+        elif isinstance(param, RangeSpec):
+            if param.step is None:
+                raise ValueError(
+                    f"the grid sampler needs choices, fixed values or stepped ranges; "
+                    f"search_space.{name} is a continuous range"
+                )
+            count = int(round((param.high - param.low) / param.step))
+            grid[name] = [param.low + i * param.step for i in range(count + 1)]
+            if param.include_zero:
+                grid[f"{name}_is_zero"] = [True, False]
+        # fixed values and fixed schedules are not sampled
+    if not grid:
+        raise ValueError("the grid sampler needs at least one choice or stepped range")
+    return grid
+
+
+def build_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
+    """The spec's sampler. TPE is multivariate with ``constant_liar`` so that parallel workers
+    do not all sample the same point while the first trials run."""
+    name, seed = spec.sampler.name, spec.sampler.seed
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "cmaes":
+        if spec.is_multi_objective:
+            raise ValueError("the cmaes sampler supports a single objective; use tpe")
+        return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
+    if name == "grid":
+        return optuna.samplers.GridSampler(grid_search_space(spec), seed=seed)
+    if name == "qmc":
+        return optuna.samplers.QMCSampler(
+            seed=seed, scramble=True, warn_independent_sampling=False
+        )
+    raise ValueError(f"unknown sampler {name!r}; one of {', '.join(SAMPLERS)}")
+
+
+def build_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
+    """The spec's pruner over per-epoch val_accuracy; never prunes a multi-objective study."""
+    pruner = spec.pruner
+    if spec.is_multi_objective or pruner.name == "none":
+        return optuna.pruners.NopPruner()
+    if pruner.name == "median":
+        return optuna.pruners.MedianPruner(
+            n_startup_trials=pruner.n_startup_trials,
+            n_warmup_steps=pruner.n_warmup_steps,
+            interval_steps=pruner.interval_steps,
+        )
+    if pruner.name == "hyperband":
+        return optuna.pruners.HyperbandPruner(
+            min_resource=pruner.min_resource,
+            max_resource=spec.epochs,
+            reduction_factor=pruner.reduction_factor,
+        )
+    raise ValueError(f"unknown pruner {pruner.name!r}; one of {', '.join(PRUNERS)}")
