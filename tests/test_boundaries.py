@@ -1,0 +1,95 @@
+"""Package boundaries (docs/CONTRACTS.md), checked in fresh interpreters.
+
+* ``bnn_core`` and every submodule: pure PyTorch, never optuna/sqlalchemy/fastapi/pydantic/
+  service/worker.
+* ``service`` and every submodule (and ``service.app``): never torch/bnn_core/worker, so the API
+  image needs no torch.
+* ``worker.cli`` (the ``bnn-tune`` entry point): no torch at import time, and none for
+  ``bnn-tune --help``/``migrate``, which the API image runs.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+PROBE = textwrap.dedent(
+    """
+    import importlib, json, pkgutil, sys
+    package = importlib.import_module({package!r})
+    failed = []
+    for info in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
+        try:
+            importlib.import_module(info.name)
+        except Exception as exc:  # reported, not hidden
+            failed.append(f"{{info.name}}: {{type(exc).__name__}}: {{exc}}")
+    for extra in {extra!r}:
+        importlib.import_module(extra)
+    forbidden = {forbidden!r}
+    loaded = sorted(
+        name for name in sys.modules
+        if any(name == f or name.startswith(f + ".") for f in forbidden)
+    )
+    print(json.dumps({{"loaded": loaded, "failed": failed}}))
+    """
+)
+
+
+def _probe(package: str, forbidden: list[str], extra: tuple[str, ...] = ()) -> dict:
+    code = PROBE.format(package=package, forbidden=forbidden, extra=list(extra))
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=240
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def _top_level(names: list[str]) -> list[str]:
+    return sorted({name.split(".")[0] for name in names})
+
+
+def test_bnn_core_is_pure_pytorch() -> None:
+    report = _probe(
+        "bnn_core", ["optuna", "sqlalchemy", "fastapi", "pydantic", "service", "worker"]
+    )
+    assert report["failed"] == [], report["failed"]
+    assert _top_level(report["loaded"]) == [], (
+        f"importing bnn_core loaded {_top_level(report['loaded'])}"
+    )
+
+
+def test_service_never_imports_torch() -> None:
+    report = _probe("service", ["torch", "bnn_core", "worker"], extra=("service.app",))
+    assert report["failed"] == [], report["failed"]
+    assert _top_level(report["loaded"]) == [], (
+        f"importing service loaded {_top_level(report['loaded'])}"
+    )
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["--help"], ["serve", "--help"], ["submit", "--help"], ["status", "--help"]],
+    ids=lambda a: " ".join(a),
+)
+def test_cli_runs_without_torch(argv: list[str]) -> None:
+    code = textwrap.dedent(
+        f"""
+        import sys
+        from worker.cli import main
+        try:
+            main({argv!r})
+        except SystemExit:
+            pass
+        bad = sorted({{m.split('.')[0] for m in sys.modules}} & {{'torch', 'bnn_core'}})
+        print('LOADED', bad)
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "LOADED []" in result.stdout, result.stdout[-2000:]
