@@ -111,7 +111,7 @@ def test_worker_reserves_gpus_and_scales(resolved: dict[str, Any]) -> None:
     # --scale worker=N needs no fixed name and no host ports.
     assert "container_name" not in worker and "ports" not in worker
     assert any(v.endswith(":/data:ro") for v in map(_volume_text, worker["volumes"]))
-    assert worker["environment"]["BNN_TUNE_DATA_DIR"] == "/data"
+    assert worker["environment"]["BNN_DATA_DIR"] == "/data"
 
 
 def test_dashboard_bound_to_localhost(resolved: dict[str, Any]) -> None:

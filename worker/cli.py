@@ -69,6 +69,15 @@ class Api:
         content_type = response.headers.get("content-type", "")
         return response.json() if "json" in content_type else response.content
 
+    def healthy(self) -> bool:
+        """``GET /health`` (outside /api/v1) answers 200."""
+        import httpx
+
+        try:
+            return httpx.get(f"{self.url}/health", timeout=2).status_code == 200
+        except httpx.TransportError:
+            return False
+
     def close(self) -> None:
         self._client.close()
 
@@ -84,7 +93,8 @@ def _http_error_message(status: int, body: Any) -> str:
     """``field: reason`` lines for 422, the ``detail`` for everything else."""
     detail = body.get("detail", body) if isinstance(body, dict) else body
     if status == 422:
-        lines = _validation_lines(detail)
+        errors = body.get("errors") if isinstance(body, dict) else None
+        lines = _validation_lines(errors or detail)
         if lines:
             return "the server rejected the spec:\n  " + "\n  ".join(lines)
     if status == 401 or status == 403:
@@ -137,14 +147,16 @@ def trial_value(trial: dict[str, Any]) -> float | None:
 
 
 def _metric(trial: dict[str, Any], key: str) -> float | None:
-    for source in (trial, trial.get("metrics") or {}, trial.get("user_attrs") or {}):
+    """``key`` from the trial, its user_attrs, or else its last epoch."""
+    epochs = trial.get("epochs") or [{}]
+    for source in (trial, trial.get("user_attrs") or {}, epochs[-1]):
         if isinstance(source, dict) and isinstance(source.get(key), int | float):
             return float(source[key])
     return None
 
 
 def trial_seconds(trial: dict[str, Any]) -> float | None:
-    for key in ("seconds", "duration_s", "train_seconds", "duration"):
+    for key in ("train_seconds", "duration_s", "seconds"):
         if (value := _metric(trial, key)) is not None:
             return value
     return None
@@ -546,13 +558,9 @@ def _start_api(stack: contextlib.ExitStack, output: Path, env: dict[str, str]) -
     def healthy() -> bool:
         if process.poll() is not None:
             raise CliError(f"the API exited ({process.returncode}); see {output / 'api.log'}")
-        try:
-            api.request("GET", "/health")
-        except CliError:
-            return False
-        return True
+        return api.healthy()
 
-    wait_until(healthy, 60, "the API to answer /api/v1/health")
+    wait_until(healthy, 60, "the API to answer /health")
     return api
 
 
