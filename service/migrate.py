@@ -6,6 +6,7 @@ startup; the app reports a database that is not migrated through ``GET /ready``.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 
 from sqlalchemy import Engine, inspect, text
@@ -27,6 +28,7 @@ def _alembic_config():  # -> alembic.config.Config (imported lazily: alembic is 
     return config
 
 
+@lru_cache
 def head_revision() -> str:
     """The newest revision of our migrations."""
     from alembic.script import ScriptDirectory

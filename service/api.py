@@ -1,0 +1,261 @@
+"""Routes under /api/v1 (studies, trials, plots) plus /health and /ready."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Body, Depends, Query, Request, Response, status
+from fastapi.responses import JSONResponse
+from fastapi.security import APIKeyHeader
+from optuna.storages import BaseStorage
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+from service import studies as ops
+from service.errors import InvalidSpecError, NotFoundError, ServiceError, StorageUnavailableError
+from service.migrate import check_migrated
+from service.models import STUDY_STATUSES, Study
+from service.plots import MEDIA_TYPES, PLOT_KINDS, render_plot
+from service.schemas import (
+    ErrorBody,
+    Links,
+    StudiesPublic,
+    StudyCreated,
+    StudyPublic,
+    StudySummary,
+    TrialsPublic,
+)
+from service.settings import Settings
+from service.spec import SPEC_EXAMPLES, StudySpec, check_limits
+
+__all__ = ["api_router", "health_router"]
+
+_api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False)
+
+
+def get_settings_dep(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    """One session per request; handlers commit explicitly (never after the response)."""
+    with request.app.state.session_factory() as session:
+        yield session
+
+
+def get_storage(request: Request) -> BaseStorage:
+    """The app's Optuna storage, created on first use (the DB may be down at startup)."""
+    state = request.app.state
+    with state.storage_lock:
+        if state.storage is None:
+            try:
+                state.storage = ops.make_optuna_storage(state.settings.database_url)
+            except Exception as exc:  # noqa: BLE001 - any failure here means "not available"
+                raise StorageUnavailableError(f"Optuna storage unavailable: {exc}") from exc
+        return state.storage
+
+
+def require_api_key(
+    settings: Annotated[Settings, Depends(get_settings_dep)],
+    key: Annotated[str | None, Depends(_api_key_header)],
+) -> None:
+    if settings.api_key and not (key and secrets.compare_digest(key, settings.api_key)):
+        raise _Unauthorized("missing or wrong X-API-Key header")
+
+
+class _Unauthorized(ServiceError):
+    status_code = 401
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
+SessionDep = Annotated[Session, Depends(get_session)]
+StorageDep = Annotated[BaseStorage, Depends(get_storage)]
+
+_errors = {
+    code: {"model": ErrorBody, "description": text_}
+    for code, text_ in [
+        (401, "Missing or wrong API key"),
+        (404, "Unknown study"),
+        (409, "Conflict with the study's state"),
+        (422, "Invalid input; `errors` names each field"),
+        (503, "Database unavailable (retry after Retry-After seconds)"),
+    ]
+}
+
+api_router = APIRouter(prefix="/api/v1", dependencies=[Depends(require_api_key)])
+studies = APIRouter(prefix="/studies", tags=["studies"], responses=_errors)
+health_router = APIRouter(tags=["health"])
+
+
+def _study(session: Session, study_id: int) -> Study:
+    return ops.get_study(session, study_id)
+
+
+def _links(request: Request, study_id: int) -> Links:
+    base = f"{request.url_for('read_study', study_id=study_id).path}"
+    return Links(
+        self=base, trials=f"{base}/trials", stop=f"{base}/stop", plots=f"{base}/plots/{{kind}}"
+    )
+
+
+_spec_examples = {
+    family: {"summary": f"{family} study", "value": value}
+    for family, value in SPEC_EXAMPLES.items()
+}
+
+
+@studies.post("", status_code=status.HTTP_201_CREATED)
+def create_study(
+    request: Request,
+    spec: Annotated[StudySpec, Body(openapi_examples=_spec_examples)],
+    session: SessionDep,
+    storage: StorageDep,
+    settings: SettingsDep,
+    response: Response,
+) -> StudyCreated:
+    """Create a study and its Optuna study; workers pick it up from the database."""
+    if errors := check_limits(spec, settings):
+        raise InvalidSpecError(errors)
+    study = ops.create_study(session, storage, spec)
+    links = _links(request, study.id)
+    response.headers["Location"] = links.self
+    return StudyCreated(
+        id=study.id,
+        name=study.name,
+        status=study.status,
+        optuna_study_name=study.optuna_study_name or "",
+        links=links,
+    )
+
+
+@studies.get("")
+def list_studies(
+    session: SessionDep,
+    skip: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    status: Annotated[Literal[STUDY_STATUSES] | None, Query()] = None,  # type: ignore[valid-type]
+) -> StudiesPublic:
+    """Studies, newest first; deleted ones are hidden unless ?status=deleted."""
+    rows, count = ops.list_studies(session, status=status, skip=skip, limit=limit)
+    return StudiesPublic(data=[_summary(r) for r in rows], count=count)
+
+
+def _summary(study: Study) -> StudySummary:
+    return StudySummary(
+        id=study.id,
+        name=study.name,
+        status=study.status,
+        owner=study.owner,
+        optimizer=str(study.spec.get("optimizer")),
+        n_trials=study.n_trials,
+        n_claimed=study.n_claimed,
+        created_at=study.created_at,
+        updated_at=study.updated_at,
+        started_at=study.started_at,
+        finished_at=study.finished_at,
+    )
+
+
+@studies.get("/{study_id}")
+def read_study(
+    request: Request, study_id: int, session: SessionDep, storage: StorageDep
+) -> StudyPublic:
+    """Status, spec, progress, budget and the best trial (Pareto front if multi-objective)."""
+    study = _study(session, study_id)
+    spec = ops.spec_of(study)
+    trials = ops.load_trials(storage, study)
+    best = ops.best_trials(trials, spec.directions)
+    single = not spec.is_multi_objective
+    return StudyPublic(
+        **_summary(study).model_dump(),
+        optuna_study_name=study.optuna_study_name,
+        spec=study.spec,
+        directions=spec.directions,
+        error=study.error,
+        progress=ops.study_progress(trials),
+        budget=ops.budget(study),
+        best_trial=best[0] if single and best else None,
+        best_value=best[0].values[0] if single and best else None,
+        pareto_front=None if single else best,
+        links=_links(request, study.id),
+    )
+
+
+@studies.get("/{study_id}/trials")
+def list_trials(
+    study_id: int,
+    session: SessionDep,
+    storage: StorageDep,
+    skip: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    state: Annotated[
+        Literal["RUNNING", "COMPLETE", "PRUNED", "FAIL", "WAITING"] | None, Query()
+    ] = None,
+) -> TrialsPublic:
+    """Trials by number, with per-epoch curves, error and retry info."""
+    trials = ops.load_trials(storage, _study(session, study_id))
+    if state is not None:
+        trials = [t for t in trials if t.state.name == state]
+    page = trials[skip : skip + limit]
+    return TrialsPublic(data=[ops.trial_public(t) for t in page], count=len(trials))
+
+
+@studies.post("/{study_id}/stop")
+def stop_study(study_id: int, session: SessionDep) -> StudySummary:
+    """Ask workers to stop: running trials end at their next epoch, then status=stopped."""
+    study = ops.stop_study(session, _study(session, study_id))
+    session.commit()
+    return _summary(study)
+
+
+@studies.delete("/{study_id}")
+def delete_study(study_id: int, session: SessionDep, storage: StorageDep) -> StudySummary:
+    """Soft-delete (hidden from the list); 409 while the study has running trials."""
+    study = ops.delete_study(session, storage, _study(session, study_id))
+    session.commit()
+    return _summary(study)
+
+
+@studies.get(
+    "/{study_id}/plots/{kind}",
+    response_class=Response,
+    responses={200: {"content": {m: {} for m in MEDIA_TYPES.values()}}},
+)
+def plot_study(
+    study_id: int,
+    kind: str,
+    session: SessionDep,
+    storage: StorageDep,
+    format: Annotated[Literal["png", "svg"], Query()] = "png",  # noqa: A002
+) -> Response:
+    """Plot `params`, `curves` or `flips` as PNG or SVG."""
+    if kind not in PLOT_KINDS:
+        raise NotFoundError(f"unknown plot kind {kind!r}; one of {', '.join(PLOT_KINDS)}")
+    study = _study(session, study_id)
+    content = render_plot(kind, ops.spec_of(study), ops.load_trials(storage, study), format)
+    return Response(content=content, media_type=MEDIA_TYPES[format])
+
+
+api_router.include_router(studies)
+
+
+@health_router.get("/health")
+def health() -> dict[str, str]:
+    """The process is up (does not touch the database)."""
+    return {"status": "ok"}
+
+
+@health_router.get("/ready", responses={503: {"model": ErrorBody}})
+def ready(session: SessionDep) -> JSONResponse:
+    """The database is reachable and migrated (our head revision and Optuna's tables)."""
+    session.execute(text("SELECT 1"))
+    problem = check_migrated(session.get_bind())  # type: ignore[arg-type]
+    if problem is not None:
+        return JSONResponse(
+            {"status": "not ready", "detail": problem},
+            status_code=503,
+            headers={"Retry-After": "10"},
+        )
+    return JSONResponse({"status": "ready"})

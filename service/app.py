@@ -1,0 +1,103 @@
+"""The FastAPI app factory: ``create_app(settings) -> FastAPI``.
+
+Run with ``uvicorn service.app:create_app --factory`` or ``bnn-tune serve``. Startup does not
+migrate the database; ``GET /ready`` says whether it is reachable and migrated.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import optuna
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+
+from service.api import api_router, health_router
+from service.db import make_engine, make_session_factory
+from service.errors import InvalidSpecError, ServiceError
+from service.settings import Settings, get_settings
+from service.spec import spec_errors
+
+__all__ = ["create_app", "RETRY_AFTER_S"]
+
+logger = logging.getLogger(__name__)
+RETRY_AFTER_S = 5
+
+
+def _unique_id(route: APIRoute) -> str:
+    return f"{route.tags[0]}-{route.name}" if route.tags else route.name
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    engine = make_engine(settings.database_url)
+    app.state.engine = engine
+    app.state.session_factory = make_session_factory(engine)
+    app.state.storage = None  # Optuna storage, created on first use (see service.api)
+    app.state.storage_lock = threading.Lock()
+    try:
+        yield
+    finally:
+        storage = app.state.storage
+        if storage is not None:
+            storage.engine.dispose()
+        engine.dispose()
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app for ``settings`` (default: :func:`service.settings.get_settings`)."""
+    app = FastAPI(
+        title="BNN-Tune",
+        summary="Hyperparameter tuning for binary neural networks (Bop, Bop2, filter, latent).",
+        version="0.1.0",
+        lifespan=_lifespan,
+        generate_unique_id_function=_unique_id,
+    )
+    app.state.settings = settings or get_settings()
+    app.include_router(health_router)
+    app.include_router(api_router)
+    _add_exception_handlers(app)
+    return app
+
+
+def _add_exception_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(ServiceError, _service_error)  # type: ignore[arg-type]
+    app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
+    for exc_type in (OperationalError, DBAPIError, PoolTimeoutError):
+        app.add_exception_handler(exc_type, _database_down)
+    app.add_exception_handler(optuna.exceptions.StorageInternalError, _database_down)
+
+
+async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
+    body: dict[str, object] = {"detail": exc.message}
+    headers = {}
+    if isinstance(exc, InvalidSpecError):
+        body["errors"] = exc.errors
+    if exc.status_code == 503:
+        headers["Retry-After"] = str(RETRY_AFTER_S)
+    if exc.status_code == 401:
+        headers["WWW-Authenticate"] = "APIKey"
+    return JSONResponse(body, status_code=exc.status_code, headers=headers)
+
+
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    errors = spec_errors(exc)  # type: ignore[arg-type]
+    fields = ", ".join(e["field"] for e in errors)
+    return JSONResponse({"detail": f"invalid input ({fields})", "errors": errors}, 422)
+
+
+async def _database_down(request: Request, exc: Exception) -> JSONResponse:
+    logger.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc)
+    return JSONResponse(
+        {"detail": "database unavailable, retry later"},
+        status_code=503,
+        headers={"Retry-After": str(RETRY_AFTER_S)},
+    )

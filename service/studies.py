@@ -1,0 +1,240 @@
+"""Study operations over our table and the study's Optuna storage (no FastAPI here).
+
+The API routes and the CLI (``bnn-tune status``) share these. Functions take a session and never
+commit, except :func:`create_study`, which must create the Optuna study in between.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+from typing import Any
+
+import optuna
+from optuna.storages import BaseStorage, RDBStorage
+from optuna.study import StudyDirection
+from optuna.trial import FrozenTrial, TrialState
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from service.db import optuna_engine_kwargs
+from service.errors import ConflictError, NotFoundError
+from service.models import Study, optuna_study_name
+from service.schemas import BestTrial, Budget, Progress, TrialPublic
+from service.spec import StudySpec
+
+__all__ = [
+    "make_optuna_storage",
+    "create_study",
+    "get_study",
+    "list_studies",
+    "stop_study",
+    "delete_study",
+    "load_trials",
+    "study_progress",
+    "best_trials",
+    "budget",
+    "trial_public",
+    "spec_of",
+    "summary",
+    "load_optuna_study",
+]
+
+
+def make_optuna_storage(url: str) -> RDBStorage:
+    """Optuna's storage over the same database (tables must exist: run migrate first)."""
+    return RDBStorage(url, engine_kwargs=optuna_engine_kwargs(url), skip_table_creation=True)
+
+
+def spec_of(study: Study) -> StudySpec:
+    """The stored spec, validated again (it was valid when stored)."""
+    return StudySpec.model_validate(study.spec)
+
+
+def create_study(
+    session: Session, storage: BaseStorage, spec: StudySpec, *, owner: str | None = None
+) -> Study:
+    """Insert the row, then create its Optuna study (directions, metric names).
+
+    Two transactions (SQLite allows one writer, and Optuna writes on its own connection): the
+    row is committed first and deleted again if the Optuna study cannot be created. A worker
+    that sees the row within that window simply finds no Optuna study yet and retries later.
+    """
+    if session.scalar(select(Study.id).where(Study.name == spec.name)) is not None:
+        raise ConflictError(f"a study named {spec.name!r} already exists")
+    study = Study(
+        name=spec.name,
+        spec=spec.model_dump(mode="json"),
+        status="queued",
+        owner=owner or spec.owner,
+        n_trials=spec.n_trials,
+        n_claimed=0,
+    )
+    session.add(study)
+    try:
+        session.flush()
+        study.optuna_study_name = optuna_study_name(study.id)
+        session.commit()
+    except IntegrityError as exc:
+        session.rollback()
+        raise ConflictError(f"a study named {spec.name!r} already exists") from exc
+    try:
+        _create_optuna_study(storage, study, spec)
+    except Exception:
+        session.delete(study)
+        session.commit()
+        raise
+    return study
+
+
+def _create_optuna_study(storage: BaseStorage, study: Study, spec: StudySpec) -> None:
+    directions = [StudyDirection[d.upper()] for d in spec.directions]
+    assert study.optuna_study_name is not None
+    optuna_id = storage.create_new_study(directions, study.optuna_study_name)
+    storage.set_study_user_attr(optuna_id, "bnn_tune_study_id", study.id)
+    storage.set_study_system_attr(optuna_id, "study:metric_names", list(spec.objectives))
+
+
+def get_study(session: Session, study_id: int, *, include_deleted: bool = False) -> Study:
+    """Load one study or raise :class:`NotFoundError` (deleted studies count as missing)."""
+    study = session.get(Study, study_id)
+    if study is None or (study.status == "deleted" and not include_deleted):
+        raise NotFoundError(f"study {study_id} not found")
+    return study
+
+
+def list_studies(
+    session: Session, *, status: str | None = None, skip: int = 0, limit: int = 100
+) -> tuple[list[Study], int]:
+    """A page of studies (newest first) and the total count; deleted ones only if asked."""
+    query = select(Study)
+    query = query.where(Study.status == status if status else Study.status != "deleted")
+    count = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    rows = session.scalars(query.order_by(Study.id.desc()).offset(skip).limit(limit)).all()
+    return list(rows), count
+
+
+def stop_study(session: Session, study: Study) -> Study:
+    """Ask workers to stop; a study that never started stops at once. Idempotent."""
+    if study.status in ("stopping", "stopped"):
+        return study
+    if study.status in ("completed", "failed"):
+        raise ConflictError(f"study {study.id} is already {study.status}")
+    now = datetime.now(UTC)
+    if study.status == "queued" and study.n_claimed == 0:
+        study.status, study.finished_at = "stopped", now
+    else:
+        study.status = "stopping"
+    study.updated_at = now
+    return study
+
+
+def delete_study(session: Session, storage: BaseStorage, study: Study) -> Study:
+    """Soft-delete (status ``deleted``); refused while the study is running trials."""
+    if study.status in ("running", "stopping"):
+        raise ConflictError(f"study {study.id} is {study.status}; stop it first")
+    running = _count(load_trials(storage, study), (TrialState.RUNNING,))
+    if running:
+        raise ConflictError(f"study {study.id} has {running} running trial(s); stop it first")
+    study.status = "deleted"
+    study.updated_at = study.finished_at = datetime.now(UTC)
+    return study
+
+
+def load_trials(storage: BaseStorage, study: Study) -> list[FrozenTrial]:
+    """All trials of the study's Optuna study, ordered by number ([] if it has none)."""
+    if study.optuna_study_name is None:
+        return []
+    try:
+        optuna_id = storage.get_study_id_from_name(study.optuna_study_name)
+    except KeyError:
+        return []
+    return sorted(storage.get_all_trials(optuna_id, deepcopy=False), key=lambda t: t.number)
+
+
+def _count(trials: list[FrozenTrial], states: tuple[TrialState, ...]) -> int:
+    return sum(1 for t in trials if t.state in states)
+
+
+def study_progress(trials: list[FrozenTrial]) -> Progress:
+    """Trial counts by state (what ``bnn-tune status`` prints)."""
+    return Progress(
+        n_complete=_count(trials, (TrialState.COMPLETE,)),
+        n_pruned=_count(trials, (TrialState.PRUNED,)),
+        n_failed=_count(trials, (TrialState.FAIL,)),
+        n_running=_count(trials, (TrialState.RUNNING,)),
+        n_waiting=_count(trials, (TrialState.WAITING,)),
+        n_total=len(trials),
+    )
+
+
+def budget(study: Study) -> Budget:
+    return Budget(
+        n_trials=study.n_trials,
+        n_claimed=study.n_claimed,
+        n_remaining=max(study.n_trials - study.n_claimed, 0),
+    )
+
+
+def best_trials(trials: list[FrozenTrial], directions: list[str]) -> list[BestTrial]:
+    """Single objective: [best] (or []); multi-objective: the Pareto front."""
+    done = [t for t in trials if t.state == TrialState.COMPLETE and t.values is not None]
+    done = [t for t in done if all(math.isfinite(v) for v in t.values)]
+    if not done:
+        return []
+    optuna_dirs = [StudyDirection[d.upper()] for d in directions]
+    if len(directions) == 1:
+        pick = max if directions[0] == "maximize" else min
+        front = [pick(done, key=lambda t: t.values[0])]
+    else:
+        from optuna.study._multi_objective import _get_pareto_front_trials_by_trials
+
+        front = _get_pareto_front_trials_by_trials(done, optuna_dirs)
+    return [BestTrial(number=t.number, values=list(t.values), params=t.params) for t in front]
+
+
+def trial_public(trial: FrozenTrial) -> TrialPublic:
+    """The API view of one Optuna trial (epochs/error from user_attrs, retries from attrs)."""
+    user_attrs = dict(trial.user_attrs)
+    epochs = user_attrs.pop("epochs", None)
+    error = user_attrs.pop("error", None)
+    start, end = trial.datetime_start, trial.datetime_complete
+    retry_of = trial.system_attrs.get("failed_trial", user_attrs.get("retry_of"))
+    history = trial.system_attrs.get("retry_history", user_attrs.get("retry_history", []))
+    return TrialPublic(
+        number=trial.number,
+        state=trial.state.name,
+        params=trial.params,
+        values=list(trial.values) if trial.values is not None else None,
+        datetime_start=start,
+        datetime_complete=end,
+        duration_s=(end - start).total_seconds() if start and end else None,
+        epochs=epochs if isinstance(epochs, list) else [],
+        intermediate_values=dict(trial.intermediate_values),
+        error=str(error) if error is not None else None,
+        retry_of=retry_of if isinstance(retry_of, int) else None,
+        retry_history=[h for h in history if isinstance(h, int)],
+        user_attrs=user_attrs,
+    )
+
+
+def summary(session: Session, storage: BaseStorage, study: Study) -> dict[str, Any]:
+    """Plain-data summary for the CLI: status, progress, budget and best trial(s)."""
+    trials = load_trials(storage, study)
+    directions = spec_of(study).directions
+    return {
+        "id": study.id,
+        "name": study.name,
+        "status": study.status,
+        "progress": study_progress(trials).model_dump(),
+        "budget": budget(study).model_dump(),
+        "best": [b.model_dump() for b in best_trials(trials, directions)],
+    }
+
+
+def load_optuna_study(storage: BaseStorage, study: Study) -> optuna.Study:
+    """The Optuna study object (for callers that want Optuna's own API)."""
+    if study.optuna_study_name is None:
+        raise NotFoundError(f"study {study.id} has no Optuna study")
+    return optuna.load_study(study_name=study.optuna_study_name, storage=storage)
