@@ -24,10 +24,18 @@ from .devices import autocast, resolve_device, synchronize
 from .metrics import FlipCounter
 from .models import MODEL_NAMES, build_model
 
-__all__ = ["TrainingDiverged", "train", "evaluate", "EpochCallback", "BatchCallback"]
+__all__ = [
+    "TrainingDiverged",
+    "train",
+    "evaluate",
+    "EpochCallback",
+    "BatchCallback",
+    "SetupCallback",
+]
 
 EpochCallback = Callable[[EpochMetrics], Any]
 BatchCallback = Callable[[int, int, int], Any]  # (epoch, batch 1-based, batches per epoch)
+SetupCallback = Callable[[nn.Module, Any], Any]  # (model, BinaryOptimizerPair)
 
 DIVERGENCE_CHECK_EVERY = 100
 EVAL_BATCH_SIZE = 1000
@@ -181,6 +189,7 @@ def train(
     on_batch_end: BatchCallback | None = None,
     dataset: Dataset | None = None,
     model_options: dict[str, Any] | None = None,
+    on_setup: SetupCallback | None = None,
 ) -> TrainResult:
     """Train ``config.model`` on ``config.dataset`` with ``config.optimizer``.
 
@@ -188,10 +197,13 @@ def train(
     (``result.stopped_early = True``). ``on_batch_end(epoch, batch, batches)`` is called after
     every step (progress bars; it must not sync). ``dataset`` reuses already loaded arrays;
     ``model_options`` go to ``build_model`` (e.g. ``{"width": 0.25}``, ``{"hidden": 128}``).
+    ``on_setup(model, optimizer)`` is called once before the first step (inspection, hooks).
     Raises ``ConfigError`` for bad input and ``TrainingDiverged`` on a non-finite loss.
     """
     start = time.perf_counter()
     run = _setup(config, dataset, dict(model_options or {}))
+    if on_setup is not None:
+        on_setup(run.model, run.optimizer)
     history: list[EpochMetrics] = []
     stopped = False
     for epoch in range(1, config.epochs + 1):
