@@ -23,6 +23,8 @@ PROBE = textwrap.dedent(
     package = importlib.import_module({package!r})
     failed = []
     for info in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
+        if info.name.endswith(".migrations.env"):  # runs only inside alembic
+            continue
         try:
             importlib.import_module(info.name)
         except Exception as exc:  # reported, not hidden

@@ -100,7 +100,7 @@ def test_dependencies_wait_for_db_and_migration(resolved: dict[str, Any]) -> Non
         depends = services[name]["depends_on"]
         assert depends["db"]["condition"] == "service_healthy"
         assert depends["migrate"]["condition"] == "service_completed_successfully"
-    assert "/api/v1/health" in " ".join(services["api"]["healthcheck"]["test"])
+    assert "127.0.0.1:8000/health" in " ".join(services["api"]["healthcheck"]["test"])
 
 
 def test_worker_reserves_gpus_and_scales(resolved: dict[str, Any]) -> None:
@@ -169,9 +169,9 @@ def test_serve_command_answers_health(postgres_url: str) -> None:
         stderr=subprocess.STDOUT,
     )
     try:
-        response = _wait_for(f"http://127.0.0.1:{port}/api/v1/health", process)
+        response = _wait_for(f"http://127.0.0.1:{port}/health", process)
         assert response.status_code == 200
-        ready = httpx.get(f"http://127.0.0.1:{port}/api/v1/ready", timeout=5)
+        ready = httpx.get(f"http://127.0.0.1:{port}/ready", timeout=5)
         assert ready.status_code == 200, ready.text
     finally:
         process.terminate()
