@@ -1,0 +1,436 @@
+"""The worker loop: find active studies, claim a trial within the study-wide budget, train it.
+
+Shape of Optuna's ``_run_trial``, one small function per step::
+
+    while not stop:
+        for study in active studies (queued/running/stopping, oldest first):
+            stopping      -> finish_stopping (last worker to see no RUNNING trial sets 'stopped')
+            timed out     -> no new trials; 'completed' once nothing runs
+            claim_trial   -> fail_stale_trials; a WAITING retry (no budget) or a budget claim + ask
+            nothing left  -> maybe_complete ('completed' when the budget is used and nothing runs)
+            else          -> run_claimed_trial (heartbeat thread, train, tell) and start over
+
+Budget (exact across workers): a fresh trial is created only after
+``UPDATE bnn_studies SET n_claimed = n_claimed + 1 WHERE id = :id AND n_claimed < n_trials``
+matched a row. Retries (WAITING trials with ``system_attrs['failed_trial']``, enqueued by the
+stale-trial callback or after SIGTERM) never consume budget; if ``study.ask()`` happens to pop a
+retry after a claim, the claim is given back. Hence COMPLETE + PRUNED + finally-FAILED trials
+(a FAIL with no retry after it) == n_trials when the study completes.
+
+Database outages never crash the loop: transient errors back off (1 s doubling to
+``reconnect_max_s``) and the engines reconnect (``pool_pre_ping``). Writes inside a trial are
+retried (see :func:`worker.trial.retry_db`).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import optuna
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback, fail_stale_trials
+from optuna.trial import TrialState
+from sqlalchemy import Engine, select, update
+
+from service.db import (
+    claim_trial_slot,
+    make_engine,
+    optuna_engine_kwargs,
+    release_trial_slot,
+    session_scope,
+)
+from service.models import Study, optuna_study_name
+from service.spec import StudySpec
+from worker.control import Heartbeat
+from worker.objective import build_pruner, build_sampler
+from worker.settings import WorkerSettings, resolve_device
+from worker.trial import (
+    STUDY_STOPPED,
+    TRANSIENT_DB_ERRORS,
+    WORKER_TERMINATED,
+    prepare_trial,
+    retry_db,
+    tell_outcome,
+    train_trial,
+)
+
+__all__ = ["Worker", "WorkerStats", "StudyHandle", "run_worker", "run_study"]
+
+logger = logging.getLogger(__name__)
+
+ACTIVE = ("queued", "running", "stopping")
+STATUS_CHECK_S = 1.0  # at most one status query per second per running trial
+
+
+@dataclass
+class WorkerStats:
+    """What a worker did (returned by :func:`run_worker`)."""
+
+    trials: int = 0
+    by_state: dict[str, int] = field(default_factory=dict)
+    db_errors: int = 0
+    errors: int = 0
+
+
+@dataclass
+class StudyHandle:
+    """A study this worker has loaded: its row id, validated spec and Optuna study."""
+
+    id: int
+    spec: StudySpec
+    storage: RDBStorage
+    study: optuna.Study
+    retry_callback: RetryHeartbeatStaleTrialCallback
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    if value is not None and value.tzinfo is None:  # SQLite returns naive datetimes
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+def _fail_stale(study: optuna.Study) -> None:
+    """``optuna.storages.fail_stale_trials`` (stale RUNNING -> FAIL + WAITING retry)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        fail_stale_trials(study)
+
+
+def is_retry(storage: RDBStorage, trial_id: int) -> bool:
+    """A WAITING copy of a failed trial (``RetryHeartbeatStaleTrialCallback``)."""
+    return "failed_trial" in storage.get_trial(trial_id).system_attrs
+
+
+class Worker:
+    """One worker process' state: engines, loaded studies, the stop event."""
+
+    def __init__(
+        self,
+        settings: WorkerSettings,
+        stop: threading.Event | None = None,
+        *,
+        study_ids: list[int] | None = None,
+        train_fn: Callable[..., Any] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.stop = stop or threading.Event()
+        self.study_ids = study_ids
+        self.train_fn = train_fn
+        self.stats = WorkerStats()
+        self.device = resolve_device(settings.device)
+        self.engine: Engine = make_engine(settings.database_url, **self._pool())
+        self._storages: dict[int, RDBStorage] = {}
+        self._handles: dict[int, StudyHandle] = {}
+        self._status_cache: dict[int, tuple[float, str]] = {}
+
+    def _pool(self) -> dict[str, Any]:
+        if self.settings.database_url.startswith("sqlite"):
+            return {}
+        return {"pool_size": 2, "max_overflow": 2}
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def run(self) -> WorkerStats:
+        """Poll and train until stopped (SIGTERM), ``once`` finds no work, or the trial cap."""
+        delay = 1.0
+        logger.info("worker %s on %s polling %s", self.settings.worker_id, self.device, self._db)
+        while not self.stop.is_set() and not self._cap_reached():
+            try:
+                worked = self.step()
+                delay = 1.0
+            except TRANSIENT_DB_ERRORS as exc:
+                self.stats.db_errors += 1
+                logger.warning("database unavailable (%s); retrying in %.0fs", exc, delay)
+                self.stop.wait(delay)
+                delay = min(delay * 2, self.settings.reconnect_max_s)
+                continue
+            except Exception:  # the loop edge: log, back off, never die on one study
+                self.stats.errors += 1
+                logger.exception("worker step failed; retrying in %.0fs", delay)
+                self.stop.wait(delay)
+                delay = min(delay * 2, self.settings.reconnect_max_s)
+                continue
+            if not worked:
+                if self.settings.once:
+                    break
+                self.stop.wait(self.settings.poll_interval_s)
+        self.close()
+        return self.stats
+
+    @property
+    def _db(self) -> str:
+        return self.engine.url.render_as_string(hide_password=True)
+
+    def _cap_reached(self) -> bool:
+        cap = self.settings.worker_max_trials
+        return cap is not None and self.stats.trials >= cap
+
+    def step(self) -> bool:
+        """One pass over the active studies; True when a trial ran."""
+        for row in self.active_studies():
+            handle = self.handle(row)
+            if handle is None:
+                continue
+            if row.status == "stopping":
+                self.finish_stopping(handle)
+                continue
+            if self.timed_out(handle, row):
+                self.maybe_complete(handle, row, timed_out=True)
+                continue
+            trial = self.claim_trial(handle)
+            if trial is None:
+                self.maybe_complete(handle, row)
+                continue
+            self.run_claimed_trial(handle, trial)
+            return True
+        return False
+
+    def close(self) -> None:
+        for storage in self._storages.values():
+            storage.remove_session()
+            storage.engine.dispose()
+        self._storages.clear()
+        self._handles.clear()
+        self.engine.dispose()
+
+    # -- studies ----------------------------------------------------------------------------
+
+    def active_studies(self) -> list[Study]:
+        query = select(Study).where(Study.status.in_(ACTIVE)).order_by(Study.created_at, Study.id)
+        if self.study_ids is not None:
+            query = query.where(Study.id.in_(self.study_ids))
+        with session_scope(self.engine) as session:
+            return list(session.scalars(query))
+
+    def storage(self, max_retry: int) -> RDBStorage:
+        """One RDBStorage (one engine) per retry policy, shared by all studies using it."""
+        if max_retry not in self._storages:
+            url = self.settings.database_url
+            kwargs = {**optuna_engine_kwargs(url), **self._pool()}
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                self._storages[max_retry] = RDBStorage(
+                    url,
+                    engine_kwargs=kwargs,
+                    heartbeat_interval=self.settings.heartbeat_interval_s,
+                    grace_period=self.settings.grace_period_s,
+                    heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
+                        max_retry=max_retry
+                    ),
+                )
+        return self._storages[max_retry]
+
+    def handle(self, row: Study) -> StudyHandle | None:
+        """Load (once) the Optuna study of ``row``; an unusable spec fails the study."""
+        if row.id in self._handles:
+            return self._handles[row.id]
+        try:
+            spec = StudySpec.model_validate(row.spec)
+            sampler, pruner = build_sampler(spec), build_pruner(spec)
+        except ValueError as exc:
+            logger.error("study %s has an unusable spec: %s", row.id, exc)
+            self.set_status(row.id, "failed", from_=ACTIVE, error=f"invalid spec: {exc}")
+            return None
+        max_retry = spec.max_retries if spec.max_retries is not None else self.settings.max_retries
+        storage = self.storage(max_retry)
+        name = row.optuna_study_name or optuna_study_name(row.id)
+        try:
+            study = optuna.load_study(
+                study_name=name, storage=storage, sampler=sampler, pruner=pruner
+            )
+        except KeyError:  # the API commits our row before it creates the Optuna study
+            logger.info("study %s has no Optuna study %r yet", row.id, name)
+            return None
+        callback = storage.get_heartbeat_stale_trial_callback()
+        assert isinstance(callback, RetryHeartbeatStaleTrialCallback)
+        handle = StudyHandle(row.id, spec, storage, study, callback)
+        self._handles[row.id] = handle
+        return handle
+
+    def set_status(
+        self, study_id: int, status: str, *, from_: tuple[str, ...], error: str | None = None
+    ) -> bool:
+        """Move a study to ``status`` only if it is still in one of ``from_`` (no lost stop or
+        delete); final states get ``finished_at``."""
+        now = datetime.now(UTC)
+        values: dict[str, Any] = {"status": status, "updated_at": now}
+        if status in ("stopped", "completed", "failed"):
+            values["finished_at"] = now
+        if error is not None:
+            values["error"] = error
+        with session_scope(self.engine) as session:
+            result = session.execute(
+                update(Study)
+                .where(Study.id == study_id, Study.status.in_(from_))
+                .values(**values)
+                .execution_options(synchronize_session=False)
+            )
+        changed = result.rowcount == 1
+        if changed:
+            logger.info("study %s -> %s", study_id, status)
+            self._handles.pop(study_id, None)
+        return changed
+
+    def study_status(self, study_id: int) -> str | None:
+        with session_scope(self.engine) as session:
+            return session.scalar(select(Study.status).where(Study.id == study_id))
+
+    def timed_out(self, handle: StudyHandle, row: Study) -> bool:
+        started = _utc(row.started_at)
+        timeout = handle.spec.timeout_s
+        if timeout is None or started is None:
+            return False
+        return (datetime.now(UTC) - started).total_seconds() > timeout
+
+    def _trials(self, handle: StudyHandle, *states: TrialState) -> list[optuna.trial.FrozenTrial]:
+        study_id = handle.study._study_id
+        return handle.storage.get_all_trials(study_id, deepcopy=False, states=states or None)
+
+    def maybe_complete(self, handle: StudyHandle, row: Study, timed_out: bool = False) -> None:
+        """'completed' when nothing is RUNNING/WAITING and every claim became a trial (or the
+        timeout passed and nothing runs)."""
+        _fail_stale(handle.study)
+        if self._trials(handle, TrialState.RUNNING):
+            return
+        if not timed_out:
+            if row.n_claimed < row.n_trials or self._trials(handle, TrialState.WAITING):
+                return
+            trials = self._trials(handle)
+            originals = sum(1 for t in trials if "failed_trial" not in t.system_attrs)
+            if originals < row.n_claimed:  # a claim is between its UPDATE and ask()
+                return
+        self.set_status(row.id, "completed", from_=("queued", "running"))
+
+    def finish_stopping(self, handle: StudyHandle) -> None:
+        """Trials of a stopping study end at their next epoch; the last worker to see no
+        RUNNING trial sets 'stopped'."""
+        _fail_stale(handle.study)
+        if not self._trials(handle, TrialState.RUNNING):
+            self.set_status(handle.id, "stopped", from_=("stopping",))
+
+    # -- claiming ---------------------------------------------------------------------------
+
+    def pop_retry(self, handle: StudyHandle) -> optuna.Trial | None:
+        """Take a WAITING retry (no budget needed), atomically WAITING -> RUNNING."""
+        storage = handle.storage
+        for frozen in self._trials(handle, TrialState.WAITING):
+            if "failed_trial" not in frozen.system_attrs:
+                continue
+            try:
+                if storage.set_trial_state_values(frozen._trial_id, state=TrialState.RUNNING):
+                    return optuna.Trial(handle.study, frozen._trial_id)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                continue
+        return None
+
+    def claim_trial(self, handle: StudyHandle) -> optuna.Trial | None:
+        """A retry first, else a fresh trial within the study-wide budget; None when neither."""
+        _fail_stale(handle.study)
+        trial = self.pop_retry(handle)
+        if trial is not None:
+            return trial
+        with session_scope(self.engine) as session:
+            if not claim_trial_slot(session, handle.id):
+                return None
+        try:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="Heartbeat of storage")
+                trial = handle.study.ask()
+        except BaseException:
+            self.release_claim(handle)
+            raise
+        if is_retry(handle.storage, trial._trial_id):
+            self.release_claim(handle)
+        return trial
+
+    def release_claim(self, handle: StudyHandle) -> None:
+        def release() -> None:
+            with session_scope(self.engine) as session:
+                release_trial_slot(session, handle.id)
+
+        retry_db(release, f"release a claim of study {handle.id}")
+
+    # -- running ----------------------------------------------------------------------------
+
+    def should_stop(self, handle: StudyHandle) -> str | None:
+        """Checked after every epoch: SIGTERM, then the study's status (throttled)."""
+        if self.stop.is_set():
+            return WORKER_TERMINATED
+        now = time.monotonic()
+        checked, status = self._status_cache.get(handle.id, (0.0, "running"))
+        if now - checked >= STATUS_CHECK_S:
+            try:
+                status = self.study_status(handle.id) or "deleted"
+            except TRANSIENT_DB_ERRORS:
+                return None  # keep training; the next epoch checks again
+            self._status_cache[handle.id] = (now, status)
+        if status in ("queued", "running"):
+            return None
+        return STUDY_STOPPED if status in ("stopping", "stopped") else f"study {status}"
+
+    def trial_device(self, spec: StudySpec) -> str:
+        return "cpu" if spec.device == "cpu" else self.device
+
+    def run_claimed_trial(self, handle: StudyHandle, trial: optuna.Trial) -> None:
+        """Heartbeat while training and until the outcome is told."""
+        self._status_cache.pop(handle.id, None)
+        spec = handle.spec
+        device = self.trial_device(spec)
+        interval = self.settings.heartbeat_interval_s
+        with Heartbeat(handle.storage, trial._trial_id, interval):
+            outcome = train_trial(
+                spec,
+                trial,
+                lambda: prepare_trial(
+                    spec,
+                    trial,
+                    worker_id=self.settings.worker_id,
+                    device=device,
+                    data_dir=self.settings.data_dir,
+                    download=self.settings.download,
+                ),
+                lambda: self.should_stop(handle),
+                train_fn=self.train_fn,
+            )
+            tell_outcome(handle.study, trial, outcome, handle.retry_callback)
+        state = outcome.state.name
+        self.stats.trials += 1
+        self.stats.by_state[state] = self.stats.by_state.get(state, 0) + 1
+        logger.info(
+            "study %s trial %s: %s in %.1fs%s",
+            handle.id,
+            trial.number,
+            state,
+            outcome.seconds,
+            f" ({outcome.error or outcome.stop_reason})" if state != "COMPLETE" else "",
+        )
+
+
+def run_worker(
+    settings: WorkerSettings,
+    stop: threading.Event | None = None,
+    *,
+    study_ids: list[int] | None = None,
+    train_fn: Callable[..., Any] | None = None,
+) -> WorkerStats:
+    """Run a worker until ``stop`` is set (or ``settings.once`` finds no work, or
+    ``settings.worker_max_trials`` trials ran). ``study_ids`` restricts it to some studies."""
+    worker = Worker(settings, stop, study_ids=study_ids, train_fn=train_fn)
+    return worker.run()
+
+
+def run_study(
+    study_id: int,
+    settings: WorkerSettings,
+    stop: threading.Event | None = None,
+    **kwargs: Any,
+) -> WorkerStats:
+    """Run the trials of one study in this process until it has no work left (``once``)."""
+    once = settings.model_copy(update={"once": True})
+    return run_worker(once, stop, study_ids=[study_id], **kwargs)
