@@ -149,6 +149,42 @@ def test_foreach_path_matches_the_loop(name: str) -> None:
             assert torch.equal(buffer, fused.state[q][buffer_name])
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("foreach", [False, True])
+@pytest.mark.parametrize("name", sorted(FACTORIES))
+def test_step_never_syncs_and_can_be_captured_in_a_cuda_graph(name: str, foreach: bool) -> None:
+    generator = torch.Generator(device="cuda").manual_seed(0)
+    params = [
+        nn.Parameter(torch.randint(0, 2, s, generator=generator, device="cuda") * 2.0 - 1)
+        for s in [(64, 32), (16, 8, 3, 3)]
+    ]
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=generator, device="cuda")
+    twins = [nn.Parameter(p.detach().clone()) for p in params]
+    for p, q in zip(params, twins, strict=True):
+        q.grad = p.grad.clone()
+    opt, eager = FACTORIES[name](params, foreach), FACTORIES[name](twins, foreach)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up creates the lazy state outside the capture
+        opt.step()
+    torch.cuda.current_stream().wait_stream(side)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        opt.step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        opt.step()
+    graph.replay()
+    for _ in range(3):
+        eager.step()
+    torch.cuda.synchronize()
+    for p, q in zip(params, twins, strict=True):
+        assert torch.equal(p, q)
+
+
 # --- Bop2ndOrder -------------------------------------------------------------------------------
 
 
