@@ -335,7 +335,9 @@ def _raw_spec(path: Path) -> dict[str, Any]:
 
 def _spec_error_message(path: Path, exc: Any) -> str:
     errors = getattr(exc, "errors", None) or [{"field": "<spec>", "message": str(exc)}]
-    lines = [f"{e['field']}: {e['message']}" for e in errors]
+    if errors[0].get("field") == "<file>":  # unreadable or not YAML/JSON: the message says it
+        return f"cannot read spec: {' '.join(str(errors[0]['message']).split())}"
+    lines = [f"{e['field']}: {' '.join(str(e['message']).split())}" for e in errors]
     if len(lines) == 1:
         return f"invalid spec {path}: {lines[0]}"
     return f"invalid spec {path}:\n  " + "\n  ".join(lines)
@@ -385,7 +387,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         from bnn_core.cli import main as train_main
     except ImportError as exc:
         raise CliError(f"training needs the train extra (torch): {exc}") from None
-    return int(train_main(args.train_args) or 0)
+    return int(train_main(list(args.train_args)) or 0)
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
@@ -849,8 +851,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["train"]:  # everything after `train` belongs to bnn-train, --help included
+        args = argparse.Namespace(command="train", func=cmd_train, train_args=argv[1:])
+    else:
+        args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except CliError as exc:

@@ -1,0 +1,209 @@
+"""``bnn-tune``: --help everywhere, one-line errors with exit status 2, and the REST client
+commands (submit, status, plot) against a real API server."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from pathlib import Path
+
+import pytest
+import yaml
+
+from worker.cli import build_parser, comparison_table, main, study_summary
+
+ROOT = Path(__file__).resolve().parent.parent
+BNN_TUNE = str(Path(sys.executable).parent / "bnn-tune")
+SUBCOMMANDS = ["demo", "serve", "worker", "submit", "status", "plot", "dashboard", "migrate"]
+
+
+def _run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([BNN_TUNE, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def _spec(tmp_path: Path, **changes: object) -> Path:
+    data = yaml.safe_load((ROOT / "examples" / "digits-bop.yaml").read_text())
+    data.update(changes)
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_top_level_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for command in [*SUBCOMMANDS, "train"]:
+        assert command in out
+
+
+@pytest.mark.parametrize("command", SUBCOMMANDS)
+def test_subcommand_help(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    assert f"usage: bnn-tune {command}" in capsys.readouterr().out
+
+
+def test_train_help_is_bnn_train_help() -> None:
+    pytest.importorskip("bnn_core.cli")
+    result = _run("train", "--help")
+    assert result.returncode == 0, result.stderr
+    assert "--dataset" in result.stdout
+
+
+def test_console_script_help() -> None:
+    result = _run("--help")
+    assert result.returncode == 0
+    assert "bnn-tune" in result.stdout
+
+
+def test_missing_command_is_a_usage_error() -> None:
+    result = _run()
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+
+
+def test_submit_bad_spec_is_one_line_exit_2(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("name: bad\noptimizer: bop\nsearch_space:\n  momentum: 0.9\n")
+    result = _run("submit", str(path), "--api-url", "http://127.0.0.1:9")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "search_space.momentum" in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_submit_unparsable_and_missing_files(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("name: [unclosed\n")
+    for path in (broken, tmp_path / "missing.yaml"):
+        result = _run("submit", str(path))
+        assert result.returncode == 2
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert "Traceback" not in result.stderr
+
+
+def test_submit_dry_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["submit", str(_spec(tmp_path)), "--dry-run"]) == 0
+    assert "valid spec" in capsys.readouterr().out
+
+
+def test_unreachable_api_is_one_line(tmp_path: Path) -> None:
+    result = _run("submit", str(_spec(tmp_path)), "--api-url", "http://127.0.0.1:9")
+    assert result.returncode == 2
+    assert "cannot reach the API" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["plot", "1"], ["plot", "1", "--kind", "nope", "--out", "x.png"], ["serve", "--port", "0"]],
+)
+def test_bad_arguments_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+
+
+def test_every_subcommand_has_a_handler() -> None:
+    parser = build_parser()
+    for command in SUBCOMMANDS:
+        extra = {"submit": ["x.yaml"], "status": ["1"], "plot": ["1", "--kind", "params"]}
+        argv = [command, *extra.get(command, [])]
+        if command == "plot":
+            argv += ["--out", "x.png"]
+        assert callable(parser.parse_args(argv).func)
+
+
+# --- against a real server -----------------------------------------------------------------
+
+
+@pytest.fixture
+def api_url(
+    fresh_sqlite_url: str, live_server: Callable[..., AbstractContextManager[str]]
+) -> object:
+    from service.app import create_app
+    from service.settings import Settings
+
+    with live_server(create_app(Settings(database_url=fresh_sqlite_url, max_trials=50))) as url:
+        yield url
+
+
+def test_status_of_unknown_study(api_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["status", "424242", "--api-url", api_url]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("bnn-tune status: error: HTTP 404")
+    assert "424242" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_submit_then_status(
+    api_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["submit", str(_spec(tmp_path)), "--api-url", api_url]) == 0
+    study_id = capsys.readouterr().out.strip()
+    assert study_id.isdigit()
+    assert main(["status", study_id, "--api-url", api_url]) == 0
+    out = capsys.readouterr().out
+    assert f"study {study_id} digits-bop-demo" in out
+    assert "0/12" in out
+    # The same name again: a conflict, one line.
+    assert main(["submit", str(_spec(tmp_path)), "--api-url", api_url]) == 2
+    assert "HTTP 409" in capsys.readouterr().err
+
+
+def test_server_side_422_is_field_reason(
+    api_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Valid locally, over the server's limit (max_trials=50): printed as field: reason."""
+    path = _spec(tmp_path, n_trials=500)
+    assert main(["submit", str(path), "--api-url", api_url]) == 2
+    err = capsys.readouterr().err
+    assert "n_trials: 500 exceeds max_trials=50" in err
+    assert "Traceback" not in err
+
+
+def test_plot_writes_a_png(
+    api_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["submit", str(_spec(tmp_path)), "--api-url", api_url]) == 0
+    study_id = capsys.readouterr().out.strip()
+    out = tmp_path / "params.png"
+    assert (
+        main(["plot", study_id, "--kind", "params", "--out", str(out), "--api-url", api_url]) == 0
+    )
+    assert out.read_bytes().startswith(b"\x89PNG")
+
+
+def test_summary_and_table_formatting() -> None:
+    study = {
+        "id": 3,
+        "name": "s",
+        "status": "running",
+        "n_trials": 4,
+        "spec": {"optimizer": "bop"},
+    }
+    trials = [
+        {
+            "number": 0,
+            "state": "COMPLETE",
+            "values": [0.91],
+            "params": {"gamma": 1e-4, "threshold": 0.0},
+            "duration_s": 12.5,
+            "epochs": [{"flip_ratio": 0.002}],
+        },
+        {"number": 1, "state": "COMPLETE", "values": [0.95], "params": {"gamma": 1e-3}},
+        {"number": 2, "state": "RUNNING", "values": None, "params": {}},
+    ]
+    table = comparison_table(trials)
+    lines = table.splitlines()
+    assert lines[0].split() == ["trial", "gamma", "threshold", "val_acc", "flip_ratio", "seconds"]
+    assert lines[2].split()[0] == "1" and lines[3].split()[0] == "0"
+    assert "0.002" in lines[3] and "12.5" in lines[3]
+    summary = study_summary(study, trials)
+    assert "2/4" in summary and "best    trial 1: val_accuracy 0.95" in summary
