@@ -9,12 +9,12 @@ Databases (every URL is already migrated: our Alembic head + Optuna's tables):
 * ``fresh_postgres_url`` (function): same, but a new database for this one test.
 * ``sqlite_url`` (session) / ``fresh_sqlite_url`` (function): a migrated SQLite file in tmp.
 * ``database_url``: parametrized over ``sqlite`` and ``postgres`` (session-scoped databases, so
-  tests must use unique study names, e.g. ``unique_name()``).
-* ``migrated(url) -> url``: helper to migrate any URL you built yourself.
+  tests must use unique study names: the ``unique_name`` fixture).
+* ``migrated`` (fixture): ``migrated(url) -> url`` migrates a URL you built yourself.
 
 Server:
 
-* ``live_server(app) -> base_url`` (function fixture returning a context manager): runs a real
+* ``live_server(app) -> base_url`` (session fixture returning a context manager): runs a real
   uvicorn server on 127.0.0.1 in a background thread, e.g.
   ``with live_server(create_app(Settings(database_url=url))) as base: httpx.get(f"{base}/health")``
 """
@@ -36,9 +36,15 @@ import pytest
 ADMIN_URL = os.environ.get("TEST_POSTGRES_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
 
-def unique_name(prefix: str = "study") -> str:
+def make_unique_name(prefix: str = "study") -> str:
     """A study name that is unique across tests sharing a database."""
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture(scope="session")
+def unique_name() -> Callable[..., str]:
+    """``unique_name("bop")`` -> ``"bop-1a2b3c4d5e"`` (tests share session databases)."""
+    return make_unique_name
 
 
 def migrated(url: str) -> str:
@@ -92,6 +98,11 @@ class _PostgresDatabases:
             for name in self.names:
                 conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         self.names.clear()
+
+
+@pytest.fixture(name="migrated", scope="session")
+def migrated_fixture() -> Callable[[str], str]:
+    return migrated
 
 
 @pytest.fixture(scope="session")
@@ -166,7 +177,7 @@ def run_uvicorn(app: Any, port: int | None = None) -> Iterator[str]:
         thread.join(timeout=10)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def live_server() -> Callable[..., AbstractContextManager[str]]:
     """``with live_server(app) as base_url: ...`` (a real uvicorn server on loopback)."""
     return run_uvicorn
