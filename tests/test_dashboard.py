@@ -1,0 +1,133 @@
+"""``bnn-tune dashboard``: real optuna-dashboard on the BNN-Tune PostgreSQL database, checked
+over HTTP (and in headless Chromium when it is installed)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import optuna
+import pytest
+
+from worker.cli import free_port
+
+BNN_TUNE = str(Path(sys.executable).parent / "bnn-tune")
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture(scope="module")
+def study_db(postgres_url: str) -> tuple[str, str]:
+    """The session database with one Optuna study of three finished trials."""
+    name = f"bnn-tune-dashboard-{time.time_ns()}"
+    study = optuna.create_study(storage=postgres_url, study_name=name, direction="maximize")
+    gamma = optuna.distributions.FloatDistribution(1e-6, 1e-1, log=True)
+    for accuracy in (0.91, 0.94, 0.62):
+        trial = study.ask({"gamma": gamma})
+        study.tell(trial, accuracy)
+    return postgres_url, name
+
+
+@pytest.fixture(scope="module")
+def dashboard(study_db: tuple[str, str]) -> Iterator[tuple[str, subprocess.Popen, str]]:
+    url, name = study_db
+    port = free_port()
+    process = subprocess.Popen(
+        [BNN_TUNE, "dashboard", "--database-url", url, "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        _wait_for(f"{base}/api/studies", process)
+        yield base, process, name
+    finally:
+        process.terminate()
+        process.wait(timeout=15)
+
+
+def _wait_for(url: str, process: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            output = process.stdout.read() if process.stdout else ""
+            raise AssertionError(f"dashboard exited {process.returncode}: {output[-2000:]}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.3)
+    raise AssertionError(f"{url} did not answer within {timeout}s")
+
+
+def test_prints_the_url(dashboard: tuple[str, subprocess.Popen, str]) -> None:
+    base, process, _ = dashboard
+    assert process.stdout is not None
+    first = process.stdout.readline() + process.stdout.readline()
+    assert f"{base}/dashboard/" in first
+
+
+def test_lists_the_study(dashboard: tuple[str, subprocess.Popen, str]) -> None:
+    base, _, name = dashboard
+    response = httpx.get(f"{base}/api/studies", headers={"Accept-Encoding": "gzip"}, timeout=10)
+    assert response.status_code == 200
+    studies = {s["study_name"]: s for s in response.json()["study_summaries"]}
+    assert name in studies
+    detail = httpx.get(f"{base}/api/studies/{studies[name]['study_id']}", timeout=10)
+    assert detail.status_code == 200
+    assert len(detail.json()["trials"]) == 3
+
+
+def test_serves_the_page_and_bundle(dashboard: tuple[str, subprocess.Popen, str]) -> None:
+    base, _, _ = dashboard
+    page = httpx.get(f"{base}/dashboard", timeout=10)
+    assert page.status_code == 200 and "Optuna Dashboard" in page.text
+    # optuna-dashboard needs Accept-Encoding for its bundle (KeyError -> 500 without it).
+    bundle = httpx.get(f"{base}/static/bundle.js", headers={"Accept-Encoding": "gzip"}, timeout=30)
+    assert bundle.status_code == 200
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (scripts/test.sh does it)")
+def test_screenshot_in_headless_chromium(
+    dashboard: tuple[str, subprocess.Popen, str], tmp_path: Path
+) -> None:
+    base, _, name = dashboard
+    study_id = {
+        s["study_name"]: s["study_id"]
+        for s in httpx.get(f"{base}/api/studies", timeout=10).json()["study_summaries"]
+    }[name]
+    shot = tmp_path / "dashboard.png"
+    with tempfile.TemporaryDirectory() as profile:
+        result = subprocess.run(
+            [
+                str(CHROMIUM),
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                f"--user-data-dir={profile}",
+                "--window-size=1280,900",
+                "--virtual-time-budget=8000",
+                f"--screenshot={shot}",
+                f"{base}/dashboard/studies/{study_id}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert result.returncode == 0, result.stderr[-2000:]
+    data = shot.read_bytes()
+    assert data.startswith(b"\x89PNG")
+    # A rendered page with plots is far larger than a blank 1280x900 PNG (a few KB).
+    assert len(data) > 30_000, len(data)
