@@ -14,6 +14,8 @@ with user attr ``error = "alpha > gamma"``.
 
 from __future__ import annotations
 
+import importlib.util
+from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
 
@@ -175,6 +177,21 @@ def grid_search_space(spec: StudySpec) -> dict[str, list[Any]]:
     return grid
 
 
+class BudgetGridSampler(optuna.samplers.GridSampler):
+    """GridSampler that does not call ``study.stop()`` when the grid is exhausted (that only
+    works inside ``optimize``; with ask/tell it raises). The study budget ends the search; extra
+    trials beyond the grid re-run random grid points."""
+
+    def after_trial(
+        self,
+        study: optuna.Study,
+        trial: optuna.trial.FrozenTrial,
+        state: optuna.trial.TrialState,
+        values: Sequence[float] | None,
+    ) -> None:
+        return None
+
+
 def build_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
     """The spec's sampler. TPE is multivariate with ``constant_liar`` so that parallel workers
     do not all sample the same point while the first trials run."""
@@ -186,9 +203,11 @@ def build_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
     if name == "cmaes":
         if spec.is_multi_objective:
             raise ValueError("the cmaes sampler supports a single objective; use tpe")
+        if importlib.util.find_spec("cmaes") is None:
+            raise ValueError("the cmaes sampler needs the 'cmaes' package: pip install cmaes")
         return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
     if name == "grid":
-        return optuna.samplers.GridSampler(grid_search_space(spec), seed=seed)
+        return BudgetGridSampler(grid_search_space(spec), seed=seed)
     if name == "qmc":
         return optuna.samplers.QMCSampler(
             seed=seed, scramble=True, warn_independent_sampling=False

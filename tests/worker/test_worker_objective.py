@@ -1,0 +1,192 @@
+"""Spec + Optuna trial -> TrainConfig; sampler and pruner builders (no database, no torch run)."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import optuna
+import pytest
+from optuna.trial import FixedTrial
+
+from bnn_core.config import Schedule
+from service.spec import OPTIMIZER_FAMILIES, SPEC_EXAMPLES, SamplerSpec, parse_spec
+from worker.objective import (
+    InfeasibleParams,
+    build_pruner,
+    build_sampler,
+    build_train_config,
+    suggest_params,
+)
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def _spec(**overrides: object):
+    base = {"name": "t", "optimizer": "bop", "model": "mlp", "dataset": "digits"}
+    return parse_spec({**base, **overrides})
+
+
+def _sample(spec, n: int = 20) -> list[optuna.trial.FrozenTrial]:
+    study = optuna.create_study(
+        directions=spec.directions, sampler=build_sampler(spec), pruner=build_pruner(spec)
+    )
+    for _ in range(n):
+        trial = study.ask()
+        config = build_train_config(spec, trial, device="cpu")
+        trial.set_user_attr("optimizer", config.optimizer.name)
+        study.tell(trial, [config.optimizer.real_lr] * len(spec.directions))
+    return study.trials
+
+
+@pytest.mark.parametrize("family", OPTIMIZER_FAMILIES)
+def test_every_family_maps_to_its_optimizer_config(family: str) -> None:
+    spec = parse_spec(SPEC_EXAMPLES[family])
+    trial = optuna.create_study(directions=spec.directions).ask()
+    config = build_train_config(spec, trial, device="cpu", data_dir="/data")
+    assert config.optimizer.name == family
+    assert (config.model, config.dataset, config.epochs) == (spec.model, spec.dataset, spec.epochs)
+    assert config.batch_size == spec.batch_size and config.device == "cpu"
+    assert config.data_dir == (spec.data_dir or "/data")
+    for name, value in trial.params.items():
+        if name.endswith("_is_zero"):
+            continue
+        actual = getattr(config.optimizer, name)
+        assert (actual.kind if isinstance(actual, Schedule) else actual) == value
+
+
+def test_default_spaces_sample_inside_their_ranges() -> None:
+    for family in OPTIMIZER_FAMILIES:
+        spec = _spec(optimizer=family)
+        for trial in _sample(spec, 5):
+            assert trial.user_attrs["optimizer"] == family
+
+
+def test_include_zero_is_its_own_choice() -> None:
+    spec = _spec(search_space={"threshold": {"low": 1e-9, "high": 1e-5, "include_zero": True}})
+    zero = FixedTrial({"threshold_is_zero": True})
+    assert build_train_config(spec, zero).optimizer.threshold == 0.0
+    nonzero = FixedTrial({"threshold_is_zero": False, "threshold": 3e-7})
+    assert build_train_config(spec, nonzero).optimizer.threshold == pytest.approx(3e-7)
+
+
+def test_fixed_values_are_not_sampled_but_recorded() -> None:
+    spec = _spec(
+        search_space={
+            "gamma": {"low": 1e-5, "high": 1e-3, "log": True},
+            "threshold": 1e-7,
+            "real_lr": 0.005,
+            "gamma_schedule": {"kind": "staircase", "factor": 0.5, "every_epochs": 3},
+        }
+    )
+    study = optuna.create_study(direction="maximize")
+    trial = study.ask()
+    config = build_train_config(spec, trial)
+    assert set(trial.params) == {"gamma"}
+    assert config.optimizer.threshold == 1e-7 and config.optimizer.real_lr == 0.005
+    assert config.optimizer.gamma_schedule == Schedule("staircase", 0.5, 3)
+    fixed = study.trials[0].user_attrs["fixed_params"]
+    assert fixed["threshold"] == 1e-7 and fixed["gamma_schedule"]["kind"] == "staircase"
+
+
+def test_schedule_choices_become_schedule_objects() -> None:
+    spec = _spec(search_space={"gamma_schedule": {"choices": ["constant", "cosine"]}})
+    config = build_train_config(spec, FixedTrial({"gamma_schedule": "cosine"}))
+    assert config.optimizer.gamma_schedule == Schedule(kind="cosine")
+
+
+def test_filter_alpha_never_exceeds_gamma() -> None:
+    spec = _spec(
+        optimizer="filter",
+        search_space={
+            "alpha": {"low": 1e-4, "high": 0.5, "log": True},
+            "gamma": {"low": 1e-3, "high": 1.0, "log": True},
+        },
+        sampler={"name": "random", "seed": 3},
+    )
+    study = optuna.create_study(sampler=build_sampler(spec), direction="maximize")
+    for _ in range(60):
+        trial = study.ask()
+        optimizer = build_train_config(spec, trial).optimizer
+        assert optimizer.alpha <= optimizer.gamma
+        study.tell(trial, 0.0)
+
+
+def test_filter_without_a_valid_alpha_is_infeasible() -> None:
+    spec = _spec(
+        optimizer="filter",
+        search_space={
+            "alpha": {"low": 1e-2, "high": 0.5, "log": True},
+            "gamma": {"low": 1e-3, "high": 1.0, "log": True},
+        },
+    )
+    with pytest.raises(InfeasibleParams, match="alpha"):
+        suggest_params(FixedTrial({"gamma": 2e-3}), spec)
+
+
+def test_filter_fixed_alpha_raises_gammas_low() -> None:
+    spec = _spec(
+        optimizer="filter",
+        search_space={"alpha": 0.05, "gamma": {"low": 1e-3, "high": 1.0, "log": True}},
+        sampler={"name": "random", "seed": 0},
+    )
+    for trial in _sample(spec, 20):
+        assert trial.params["gamma"] >= 0.05
+
+
+@pytest.mark.parametrize(
+    ("name", "cls"),
+    [
+        ("tpe", optuna.samplers.TPESampler),
+        ("random", optuna.samplers.RandomSampler),
+        ("cmaes", optuna.samplers.CmaEsSampler),
+        ("qmc", optuna.samplers.QMCSampler),
+    ],
+)
+def test_samplers(name: str, cls: type) -> None:
+    spec = _spec(sampler={"name": name, "seed": 1})
+    if name == "cmaes" and importlib.util.find_spec("cmaes") is None:
+        with pytest.raises(ValueError, match="pip install cmaes"):
+            build_sampler(spec)
+        return
+    assert isinstance(build_sampler(spec), cls)
+    assert len(_sample(spec, 3)) == 3
+
+
+def test_tpe_is_multivariate_with_constant_liar() -> None:
+    sampler = build_sampler(_spec())
+    assert sampler._multivariate and sampler._constant_liar
+
+
+def test_grid_sampler_needs_a_discrete_space() -> None:
+    grid = _spec(
+        sampler={"name": "grid"},
+        search_space={
+            "gamma": {"choices": [1e-4, 1e-3]},
+            "threshold": {"low": 0.0, "high": 2e-6, "step": 1e-6},
+            "real_lr": 0.01,
+        },
+    )
+    assert isinstance(build_sampler(grid), optuna.samplers.GridSampler)
+    values = {(t.params["gamma"], t.params["threshold"]) for t in _sample(grid, 6)}
+    assert len(values) == 6
+    continuous = _spec(search_space={"gamma": {"low": 1e-4, "high": 1e-3}, "real_lr": 0.01})
+    continuous = continuous.model_copy(update={"sampler": SamplerSpec(name="grid")})
+    with pytest.raises(ValueError, match="continuous range"):
+        build_sampler(continuous)
+
+
+def test_unknown_sampler_is_a_clear_error() -> None:
+    spec = _spec().model_copy(update={"sampler": SamplerSpec.model_construct(name="bogus")})
+    with pytest.raises(ValueError, match="unknown sampler 'bogus'"):
+        build_sampler(spec)
+
+
+def test_pruners() -> None:
+    assert isinstance(build_pruner(_spec()), optuna.pruners.NopPruner)
+    median = build_pruner(_spec(pruner={"name": "median", "n_startup_trials": 2}))
+    assert isinstance(median, optuna.pruners.MedianPruner)
+    hyperband = build_pruner(_spec(epochs=27, pruner={"name": "hyperband"}))
+    assert isinstance(hyperband, optuna.pruners.HyperbandPruner)
+    assert hyperband._max_resource == 27
+    multi = _spec(objectives=["val_accuracy", "flip_ratio"])
+    assert isinstance(build_pruner(multi), optuna.pruners.NopPruner)
