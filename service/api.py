@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import secrets
 from collections.abc import Iterator
 from typing import Annotated, Literal
@@ -11,6 +12,7 @@ from fastapi.responses import JSONResponse
 from fastapi.security import APIKeyHeader
 from optuna.storages import BaseStorage
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from service import studies as ops
@@ -32,6 +34,8 @@ from service.spec import SPEC_EXAMPLES, StudySpec, check_limits
 
 __all__ = ["api_router", "health_router"]
 
+logger = logging.getLogger(__name__)
+
 _api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False)
 
 
@@ -40,9 +44,20 @@ def get_settings_dep(request: Request) -> Settings:
 
 
 def get_session(request: Request) -> Iterator[Session]:
-    """One session per request; handlers commit explicitly (never after the response)."""
-    with request.app.state.session_factory() as session:
+    """One session per request; handlers commit explicitly (never after the response).
+
+    Closing runs after the response has started, so it must not raise: a connection that broke
+    during the request (database outage) is invalidated instead of returned to the pool.
+    """
+    session: Session = request.app.state.session_factory()
+    try:
         yield session
+    finally:
+        try:
+            session.close()
+        except DBAPIError:
+            logger.warning("dropping a broken database connection", exc_info=True)
+            session.invalidate()
 
 
 def get_storage(request: Request) -> BaseStorage:

@@ -1,0 +1,136 @@
+"""Database outage: a TCP proxy between the app and PostgreSQL is cut, then restored.
+
+The shared PostgreSQL server is never stopped; only our proxy's connections are.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+import pytest
+
+from service.app import create_app
+from service.settings import Settings
+from service.spec import SPEC_EXAMPLES
+
+
+class TcpProxy:
+    """Forwards 127.0.0.1:<port> to ``target``; ``cut()`` drops and refuses connections."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.cut_event = threading.Event()
+        self.lock = threading.Lock()
+        self.sockets: set[socket.socket] = set()
+        self.closed = False
+        threading.Thread(target=self._accept_loop, daemon=True).start()
+
+    def _accept_loop(self) -> None:
+        while not self.closed:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            if self.cut_event.is_set():
+                client.close()
+                continue
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            with self.lock:
+                self.sockets |= {client, upstream}
+            for src, dst in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(src, dst), daemon=True).start()
+
+    def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (src, dst):
+                self._close(sock)
+
+    def _close(self, sock: socket.socket) -> None:
+        with self.lock:
+            self.sockets.discard(sock)
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        sock.close()
+
+    def cut(self) -> None:
+        self.cut_event.set()
+        with self.lock:
+            live = list(self.sockets)
+        for sock in live:
+            self._close(sock)
+
+    def restore(self) -> None:
+        self.cut_event.clear()
+
+    def close(self) -> None:
+        self.closed = True
+        self.cut()
+        self.listener.close()
+
+
+@pytest.fixture
+def proxied(
+    postgres_url: str, live_server: Callable[..., AbstractContextManager[str]]
+) -> Iterator[tuple[TcpProxy, httpx.Client]]:
+    parts = urlsplit(postgres_url)
+    proxy = TcpProxy((parts.hostname or "127.0.0.1", parts.port or 5432))
+    netloc = f"{parts.username}@127.0.0.1:{proxy.port}"
+    url = urlunsplit(parts._replace(netloc=netloc))
+    try:
+        with live_server(create_app(Settings(database_url=url))) as base:
+            with httpx.Client(base_url=base, timeout=30) as http:
+                yield proxy, http
+    finally:
+        proxy.close()
+
+
+def test_outage_is_503_then_recovers_without_losing_data(
+    proxied: tuple[TcpProxy, httpx.Client], unique_name: Callable[..., str]
+) -> None:
+    proxy, http = proxied
+    spec = {**SPEC_EXAMPLES["latent-sgd"], "name": unique_name("outage")}
+    created = http.post("/api/v1/studies", json=spec)
+    assert created.status_code == 201, created.text
+    path = created.json()["links"]["self"]
+    before = http.get(path).json()
+
+    proxy.cut()
+    for request in (
+        ("GET", "/ready"),
+        ("GET", path),
+        ("GET", f"{path}/trials"),
+        ("GET", "/api/v1/studies"),
+    ):
+        response = http.request(*request)
+        assert response.status_code == 503, (request, response.text)
+        assert response.headers["content-type"] == "application/json"
+        assert "database unavailable" in response.json()["detail"]
+        assert int(response.headers["Retry-After"]) > 0
+    assert http.get("/health").status_code == 200  # the process itself is fine
+
+    proxy.restore()
+    assert http.get("/ready").status_code == 200
+    after = http.get(path)
+    assert after.status_code == 200
+    assert after.json()["spec"] == before["spec"] and after.json()["status"] == "queued"
+    assert unique_name  # names are unique, so the study must be there exactly once
+    listed = http.get("/api/v1/studies", params={"limit": 1000}).json()["data"]
+    assert [s["name"] for s in listed].count(spec["name"]) == 1
