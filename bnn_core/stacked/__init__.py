@@ -1,5 +1,6 @@
 """N trials of one architecture trained at once as one grouped network (issue 5)."""
 
+from .memory import choose_slots, estimate_slot_bytes, measure_slot_bytes
 from .network import (
     StackedBinaryConv2d,
     StackedBinaryLinear,
@@ -19,6 +20,9 @@ __all__ = [
     "SHARED_FIELDS",
     "StackedTrainer",
     "check_stackable",
+    "choose_slots",
+    "estimate_slot_bytes",
+    "measure_slot_bytes",
     "train_stacked",
     "StackedBinaryConv2d",
     "StackedBinaryLinear",

@@ -1,0 +1,355 @@
+"""Stacked trials (bnn_core.stacked) against the same trials trained alone."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bnn_core.config import ConfigError, OptimizerConfig, TrainConfig
+from bnn_core.data import Dataset
+from bnn_core.layers import split_parameters
+from bnn_core.models import build_model
+from bnn_core.optim import CEMA, Bop, Bop2ndOrder, build_optimizer
+from bnn_core.stacked import (
+    StackedOptimizer,
+    StackedTrainer,
+    choose_slots,
+    stack_models,
+    train_stacked,
+    trial_view,
+    unstack,
+)
+from bnn_core.train import train
+
+ROOT = Path(__file__).resolve().parents[2]
+N = 3
+
+MODELS = {
+    "mlp": ((1, 8, 8), {"hidden": 32}),
+    "conv-small": ((1, 8, 8), {"width": 0.5}),
+    "binarynet": ((3, 32, 32), {"width": 0.0625, "dense_units": 32}),
+    "resnet": ((3, 16, 16), {"width": 0.5}),
+}
+
+
+def make_models(name: str, n: int = N) -> list[nn.Module]:
+    shape, options = MODELS[name]
+    torch.manual_seed(0)
+    return [build_model(name, shape, 10, **options) for _ in range(n)]
+
+
+def solo_grads(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_forward_and_gradients_equal_each_single_model(name: str) -> None:
+    models = make_models(name)
+    network = stack_models(models)
+    shape = MODELS[name][0]
+    x = torch.randn(8, N, *shape)
+    y = torch.randint(0, 10, (8, N))
+    logits = network(x)
+    F.cross_entropy(logits.permute(0, 2, 1), y, reduction="none").mean(0).sum().backward()
+    stacked = dict(network.body.named_parameters())
+    buffers = dict(network.body.named_buffers())
+    for n, model in enumerate(models):
+        out = model(x[:, n])
+        F.cross_entropy(out, y[:, n]).backward()
+        torch.testing.assert_close(logits[:, n], out, atol=1e-5, rtol=1e-5)
+        for key, grad in solo_grads(model).items():
+            mine = trial_view(stacked[key].grad, N)[n].reshape(grad.shape)
+            torch.testing.assert_close(mine, grad, atol=1e-5, rtol=1e-4)
+        for key, buffer in model.named_buffers():
+            if not key.endswith("num_batches_tracked"):
+                mine = trial_view(buffers[key], N)[n].reshape(buffer.shape)
+                torch.testing.assert_close(mine, buffer, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_unstack_round_trips(name: str) -> None:
+    models = make_models(name)
+    back = unstack(stack_models(models))
+    for original, copy_ in zip(models, back, strict=True):
+        a, b = original.state_dict(), copy_.state_dict()
+        assert a.keys() == b.keys()
+        for key in a:
+            assert torch.equal(a[key], b[key]), key
+
+
+def test_flatten_keeps_single_model_order_with_channels_last() -> None:
+    models = make_models("conv-small")
+    network = stack_models(models).to(memory_format=torch.channels_last)
+    network.channels_last = True
+    x = torch.randn(4, N, 1, 8, 8)
+    with torch.no_grad():
+        fused = network.eval()(x)
+        for n, model in enumerate(models):
+            torch.testing.assert_close(fused[:, n], model.eval()(x[:, n]), atol=1e-5, rtol=1e-5)
+
+
+def _binary_of(model: nn.Module) -> list[torch.Tensor]:
+    return split_parameters(model)[0]
+
+
+FAMILIES = {
+    "bop": (
+        lambda p, h: Bop(p, gamma=h["gamma"], threshold=h["threshold"]),
+        {"gamma": [1e-1, 3e-2, 0.5], "threshold": [1e-3, 0.0, 1e-2]},
+        ("m",),
+    ),
+    "bop2": (
+        lambda p, h: Bop2ndOrder(p, gamma=h["gamma"], sigma=h["sigma"], threshold=h["threshold"]),
+        {"gamma": [1e-1, 3e-2, 0.5], "sigma": [1e-2, 0.1, 0.3], "threshold": [0.5, 0.1, 1e-6]},
+        ("m", "v"),
+    ),
+    "filter": (
+        lambda p, h: CEMA(p, alpha=h["alpha"], gamma=h["gamma"]),
+        {"alpha": [1e-2, 0.1, 0.05], "gamma": [0.5, 0.1, 1.0]},
+        ("m", "x"),
+    ),
+}
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_stacked_flips_exactly_like_single_optimizer(family: str) -> None:
+    build, hyper, state_names = FAMILIES[family]
+    models = make_models("conv-small")
+    network = stack_models(models)
+    stacked = StackedOptimizer(network, family)
+    stacked.set_hyperparameters(
+        {k: torch.tensor(v, dtype=torch.float64) for k, v in hyper.items()}
+    )
+    singles = [
+        build(_binary_of(m), {k: v[n] for k, v in hyper.items()}) for n, m in enumerate(models)
+    ]
+    binary = split_parameters(network)[0]
+    generator = torch.Generator().manual_seed(1)
+    flipped = 0
+    for _ in range(6):
+        for param in binary:
+            param.grad = torch.randn(param.shape, generator=generator) * 0.05
+        for n, model in enumerate(models):
+            for single, param in zip(_binary_of(model), binary, strict=True):
+                single.grad = trial_view(param.grad, N)[n].clone()
+        before = [p.detach().clone() for p in binary]
+        stacked.step()
+        for single in singles:
+            single.step()
+        flipped += sum(int((b != p).sum()) for b, p in zip(before, binary, strict=True))
+        for n, (model, single) in enumerate(zip(models, singles, strict=True)):
+            for index, (param, mine) in enumerate(zip(_binary_of(model), binary, strict=True)):
+                assert torch.equal(trial_view(mine.detach(), N)[n], param.detach())
+                for name in state_names:
+                    ours = trial_view(stacked.state[name][index], N)[n]
+                    assert torch.equal(ours, single.state[param][name])
+    assert flipped > 0
+    assert stacked.flip_counts.sum().item() == flipped
+
+
+def test_stacked_adam_matches_torch_adam_per_trial_lr() -> None:
+    models = make_models("resnet")
+    network = stack_models(models)
+    stacked = StackedOptimizer(network, "bop")
+    lrs = [1e-2, 1e-3, 3e-2]
+    real = split_parameters(network)[1]
+    singles = [
+        torch.optim.Adam(split_parameters(m)[1], lr=lr, eps=1e-7)
+        for m, lr in zip(models, lrs, strict=True)
+    ]
+    generator = torch.Generator().manual_seed(2)
+    for step in range(1, 5):
+        for param in real:
+            param.grad = torch.randn(param.shape, generator=generator)
+        for n, model in enumerate(models):
+            for single, param in zip(split_parameters(model)[1], real, strict=True):
+                single.grad = trial_view(param.grad, N)[n].reshape(single.shape).clone()
+        bc1 = 1 - 0.9**step
+        stacked.set_hyperparameters(
+            {},
+            torch.tensor([lr / bc1 for lr in lrs], dtype=torch.float64),
+            torch.full((N,), (1 - 0.999**step) ** 0.5, dtype=torch.float64),
+        )
+        stacked.step()
+        for single in singles:
+            single.step()
+    for n, model in enumerate(models):
+        for single, param in zip(split_parameters(model)[1], real, strict=True):
+            mine = trial_view(param.detach(), N)[n].reshape(single.shape)
+            torch.testing.assert_close(mine, single.detach(), atol=1e-7, rtol=1e-6)
+
+
+def test_training_steps_stacked_equal_solo_with_identical_batches() -> None:
+    """The whole step (network + per-trial Bop + Adam, schedules per trial) vs build_optimizer."""
+    models = make_models("conv-small")
+    configs = [
+        OptimizerConfig(name="bop", gamma=g, threshold=t, real_lr=lr)
+        for g, t, lr in [(1e-2, 1e-6, 0.01), (1e-1, 0.0, 0.001), (3e-3, 1e-5, 0.03)]
+    ]
+    singles = [copy.deepcopy(m) for m in models]
+    pairs = [build_optimizer(m, c, 10, 1) for m, c in zip(singles, configs, strict=True)]
+    network = stack_models(models)
+    stacked = StackedOptimizer(network, "bop")
+    generator = torch.Generator().manual_seed(3)
+    for step in range(5):
+        x = torch.randn(16, N, 1, 8, 8, generator=generator)
+        y = torch.randint(0, 10, (16, N), generator=generator)
+        logits = network(x)
+        stacked.zero_grad()
+        F.cross_entropy(logits.permute(0, 2, 1), y, reduction="none").mean(0).sum().backward()
+        stacked.set_hyperparameters(
+            {
+                "gamma": torch.tensor([c.gamma for c in configs], dtype=torch.float64),
+                "threshold": torch.tensor([c.threshold for c in configs], dtype=torch.float64),
+            },
+            torch.tensor([c.real_lr / (1 - 0.9 ** (step + 1)) for c in configs]),
+            torch.full((N,), (1 - 0.999 ** (step + 1)) ** 0.5, dtype=torch.float64),
+        )
+        stacked.step()
+        for n, (model, pair) in enumerate(zip(singles, pairs, strict=True)):
+            pair.zero_grad()
+            F.cross_entropy(model(x[:, n]), y[:, n]).backward()
+            pair.step()
+    back = unstack(network)
+    for mine, single in zip(back, singles, strict=True):
+        for (key, a), b in zip(
+            mine.state_dict().items(), single.state_dict().values(), strict=True
+        ):
+            torch.testing.assert_close(a.float(), b.float(), atol=1e-5, rtol=1e-4, msg=key)
+
+
+def _digits_config(seed: int, **optimizer: float) -> TrainConfig:
+    return TrainConfig(
+        model="mlp",
+        dataset="digits",
+        epochs=2,
+        batch_size=50,
+        seed=seed,
+        max_train_samples=400,
+        optimizer=OptimizerConfig(name="bop", **optimizer),
+    )
+
+
+def test_train_stacked_matches_train_per_trial() -> None:
+    configs = [
+        _digits_config(0, gamma=1e-3, threshold=1e-6),
+        _digits_config(1, gamma=1e-2, threshold=1e-7),
+    ]
+    options = {"hidden": 32}
+    stacked = train_stacked(configs, model_options=options)
+    for config, result in zip(configs, stacked, strict=True):
+        solo = train(config, model_options=options)
+        assert len(result.epochs) == len(solo.epochs) == 2
+        for a, b in zip(result.epochs, solo.epochs, strict=True):
+            assert a.train_loss == pytest.approx(b.train_loss, rel=1e-4, abs=1e-5)
+            assert a.val_accuracy == pytest.approx(b.val_accuracy, abs=0.02)
+            assert a.flip_ratio == pytest.approx(b.flip_ratio, rel=0.05, abs=1e-6)
+            assert a.hyperparameters == b.hyperparameters
+            assert a.flip_ratio_per_layer.keys() == b.flip_ratio_per_layer.keys()
+
+
+def test_configs_that_differ_in_shared_fields_raise_config_error() -> None:
+    a = _digits_config(0)
+    with pytest.raises(ConfigError) as info:
+        train_stacked([a, TrainConfig(model="conv-small", dataset="digits")])
+    assert info.value.field == "model"
+    with pytest.raises(ConfigError) as info:
+        train_stacked([a, dataclasses.replace(a, seed=1, epochs=3)])
+    assert info.value.field == "epochs"
+    with pytest.raises(ConfigError) as info:
+        train_stacked([TrainConfig(optimizer=OptimizerConfig(name="latent-adam"))])
+    assert info.value.field == "optimizer.name"
+
+
+def test_freed_slots_are_refilled_until_next_trial_is_exhausted() -> None:
+    handed: list[int] = []
+    ended: list[int] = []
+
+    def next_trial():  # noqa: ANN202
+        if len(handed) == 5:
+            return None
+        seed = len(handed)
+        handed.append(seed)
+        stop_after_one = seed == 1  # pruned after its first epoch
+        return _digits_config(seed), (lambda m: stop_after_one)
+
+    trainer = StackedTrainer(2, model_options={"hidden": 16})
+    results = trainer.run(next_trial, on_trial_end=lambda r, e: ended.append(r.config.seed))
+    assert len(results) == len(handed) == 5
+    assert sorted(ended) == [0, 1, 2, 3, 4]
+    assert [r.config.seed for r in results] == [0, 1, 2, 3, 4]
+    assert results[1].stopped_early and len(results[1].epochs) == 1
+    assert all(len(r.epochs) == 2 and not r.stopped_early for i, r in enumerate(results) if i != 1)
+
+
+def test_cuda_oom_halves_the_slots_and_finishes_every_trial(monkeypatch) -> None:  # noqa: ANN001
+    trainer = StackedTrainer(4, model_options={"hidden": 16}, shrink_when_idle=False)
+    original = StackedTrainer._step
+    raised = []
+
+    def flaky(self, x, y, row):  # noqa: ANN001, ANN202
+        if self.n_slots == 4 and not raised:
+            raised.append(1)
+            raise torch.cuda.OutOfMemoryError("simulated")
+        return original(self, x, y, row)
+
+    monkeypatch.setattr(StackedTrainer, "_step", flaky)
+    configs = [_digits_config(s) for s in range(4)]
+    queue = list(configs)
+    results = trainer.run(lambda: (queue.pop(0), None) if queue else None)
+    assert trainer.oom_backoffs == 1 and trainer.n_slots == 2
+    assert len(results) == 4 and all(len(r.epochs) == 2 for r in results)
+
+
+def test_augmented_binarynet_trains_stacked() -> None:
+    rng = np.random.default_rng(0)
+    data = Dataset(
+        "cifar10",
+        rng.integers(0, 256, (120, 3, 32, 32), dtype=np.uint8),
+        rng.integers(0, 10, 120).astype(np.int64),
+        rng.integers(0, 256, (20, 3, 32, 32), dtype=np.uint8),
+        rng.integers(0, 10, 20).astype(np.int64),
+        10,
+    )
+    configs = [
+        TrainConfig(
+            model="binarynet",
+            dataset="cifar10",
+            epochs=1,
+            batch_size=25,
+            seed=s,
+            evaluate_test=True,
+            optimizer=OptimizerConfig(name="filter", alpha=1e-3, gamma=0.1),
+        )  # fmt: skip
+        for s in range(2)
+    ]
+    results = train_stacked(configs, dataset=data, model_options=MODELS["binarynet"][1])
+    assert [len(r.epochs) for r in results] == [1, 1]
+    assert all(r.test_accuracy is not None for r in results)
+    assert set(results[0].epochs[0].hyperparameters) == {"alpha", "gamma", "real_lr"}
+
+
+def test_choose_slots_on_cpu_returns_the_cap() -> None:
+    assert choose_slots("mlp", (1, 8, 8), 50, "cpu", max_slots=8) == 8
+
+
+def test_throughput_benchmark_quick_runs() -> None:
+    script = ROOT / "benchmarks" / "throughput.py"
+    proc = subprocess.run(
+        [sys.executable, str(script), "--quick", "--tiny"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "images/s" in proc.stdout and "stacked" in proc.stdout
