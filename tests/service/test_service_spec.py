@@ -1,0 +1,158 @@
+"""StudySpec, load_spec and Settings without a server."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from service.settings import Settings
+from service.spec import (
+    DEFAULT_SEARCH_SPACES,
+    FAMILY_PARAMS,
+    SPEC_EXAMPLES,
+    ChoiceSpec,
+    RangeSpec,
+    ScheduleSpec,
+    SpecError,
+    StudySpec,
+    load_spec,
+    parse_spec,
+)
+
+
+@pytest.mark.parametrize("family", list(SPEC_EXAMPLES))
+def test_examples_are_valid_and_round_trip(family: str) -> None:
+    spec = parse_spec(SPEC_EXAMPLES[family])
+    assert spec.optimizer == family
+    assert set(spec.space) <= set(FAMILY_PARAMS[family])
+    assert StudySpec.model_validate(spec.model_dump(mode="json")) == spec
+
+
+@pytest.mark.parametrize("family", list(DEFAULT_SEARCH_SPACES))
+def test_default_search_space_per_family(family: str) -> None:
+    spec = parse_spec({"name": "defaults", "optimizer": family})
+    assert set(spec.space) == set(DEFAULT_SEARCH_SPACES[family])
+    assert all(isinstance(p, RangeSpec | ChoiceSpec) for p in spec.space.values())
+
+
+def test_tau_alias_and_include_zero() -> None:
+    spec = parse_spec(
+        {
+            "name": "tau",
+            "optimizer": "bop",
+            "search_space": {
+                "tau": {"low": 1e-10, "high": 1e-5, "log": True, "include_zero": True}
+            },
+        }
+    )
+    assert "tau" not in spec.space and spec.space["threshold"].include_zero
+    with pytest.raises(SpecError) as err:
+        parse_spec({"name": "tau", "optimizer": "bop", "search_space": {"tau": 0, "threshold": 0}})
+    assert err.value.errors[0]["field"] == "search_space.tau"
+
+
+def test_schedules_normalise_to_objects() -> None:
+    spec = parse_spec(
+        {
+            "name": "sched",
+            "optimizer": "bop",
+            "search_space": {"gamma_schedule": "cosine", "gamma": 1e-4},
+        }
+    )
+    assert spec.space["gamma_schedule"] == ScheduleSpec(kind="cosine")
+    staircase = {"kind": "staircase", "factor": 0.1, "every_epochs": 30}
+    spec = parse_spec(
+        {"name": "sched", "optimizer": "bop", "search_space": {"gamma_schedule": staircase}}
+    )
+    assert spec.space["gamma_schedule"].every_epochs == 30
+
+
+def test_objectives_and_directions() -> None:
+    base = {"name": "mo", "optimizer": "bop"}
+    assert parse_spec(base).directions == ["maximize"]
+    spec = parse_spec({**base, "objectives": ["val_accuracy", "time"]})
+    assert spec.directions == ["maximize", "minimize"] and spec.is_multi_objective
+    with pytest.raises(SpecError) as err:
+        parse_spec({**base, "objectives": ["flip_ratio"]})
+    assert err.value.errors[0]["field"] == "objectives"
+
+
+def test_filter_overlapping_ranges_are_accepted() -> None:
+    spec = parse_spec(
+        {
+            "name": "overlap",
+            "optimizer": "filter",
+            "search_space": {
+                "alpha": {"low": 1e-3, "high": 0.5},
+                "gamma": {"low": 0.1, "high": 1},
+            },
+        }
+    )
+    assert spec.space["alpha"].high > spec.space["gamma"].low  # the worker rejects alpha > gamma
+
+
+def test_grid_sampler_needs_discrete_space() -> None:
+    base = {"name": "grid", "optimizer": "bop", "sampler": {"name": "grid"}}
+    with pytest.raises(SpecError):
+        parse_spec({**base, "search_space": {"gamma": {"low": 1e-4, "high": 1e-2}}})
+    grid = {
+        "gamma": {"choices": [1e-4, 1e-3]},
+        "real_lr": {"low": 0.001, "high": 0.01, "step": 0.001},
+    }
+    assert parse_spec({**base, "search_space": grid}).sampler.name == "grid"
+
+
+def test_limits_come_from_settings() -> None:
+    settings = Settings(
+        database_url="sqlite://", max_trials=10, max_epochs=5, max_trials_per_gpu=2
+    )
+    spec = {"name": "limits", "optimizer": "bop", "n_trials": 11, "epochs": 6, "trials_per_gpu": 3}
+    with pytest.raises(SpecError) as err:
+        parse_spec(spec, settings)
+    assert {e["field"] for e in err.value.errors} == {"n_trials", "epochs", "trials_per_gpu"}
+    assert parse_spec(spec).n_trials == 11  # without settings: no service limits
+
+
+@pytest.mark.parametrize("suffix", [".yaml", ".json"])
+def test_load_spec_yaml_and_json(tmp_path: Path, suffix: str) -> None:
+    path = tmp_path / f"study{suffix}"
+    data = SPEC_EXAMPLES["latent-adam"]
+    path.write_text(json.dumps(data) if suffix == ".json" else yaml.safe_dump(data))
+    assert load_spec(path).name == data["name"]
+
+
+def test_load_spec_errors_name_fields(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("name: bad\noptimizer: bop\nsearch_space:\n  gamma: {low: 1, high: 0.1}\n")
+    with pytest.raises(SpecError) as err:
+        load_spec(path)
+    assert err.value.errors[0]["field"] == "search_space.gamma"
+    assert "search_space.gamma: low (1.0) must be < high (0.1)" in str(err.value)
+    with pytest.raises(SpecError, match="<file>"):
+        load_spec(tmp_path / "missing.yaml")
+    (tmp_path / "list.yaml").write_text("- 1\n")
+    with pytest.raises(SpecError, match="mapping"):
+        load_spec(tmp_path / "list.yaml")
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ("postgres://u@h:5432/db", "postgresql+psycopg://u@h:5432/db"),
+        ("postgresql://u@h/db", "postgresql+psycopg://u@h/db"),
+        ("postgresql+psycopg://u@h/db", "postgresql+psycopg://u@h/db"),
+        ("sqlite:///x.db", "sqlite:///x.db"),
+    ],
+)
+def test_settings_normalise_database_url(
+    given: str, expected: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BNN_TUNE_DATABASE_URL", given)
+    monkeypatch.setenv("BNN_TUNE_API_KEY", "k")
+    settings = Settings()
+    assert settings.database_url == expected and settings.api_key == "k"
+    assert (settings.max_trials, settings.max_epochs, settings.max_retries) == (1000, 1000, 2)
+    assert (settings.heartbeat_interval_s, settings.grace_period_s) == (10, 30)
