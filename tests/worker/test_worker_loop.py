@@ -1,0 +1,220 @@
+"""The worker loop in-process, on SQLite and PostgreSQL: budget, failures, stop, SIGTERM, stale."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+from sqlalchemy import update
+from worker_helpers import (
+    fake_train,
+    final_count,
+    new_study,
+    study_row,
+    study_trials,
+    worker_settings,
+)
+
+from bnn_core.config import ConfigError
+from service.db import make_engine, session_scope
+from service.models import Study
+from service.studies import make_optuna_storage
+from worker.loop import Worker, run_study, run_worker
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def _states(trials: list[optuna.trial.FrozenTrial]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for trial in trials:
+        counts[trial.state.name] = counts.get(trial.state.name, 0) + 1
+    return counts
+
+
+def _set_status(url: str, study_id: int, status: str) -> None:
+    engine = make_engine(url)
+    with session_scope(engine) as session:
+        session.execute(update(Study).where(Study.id == study_id).values(status=status))
+    engine.dispose()
+
+
+def test_tiny_digits_study_completes_with_exactly_n_trials(database_url: str) -> None:
+    study_id = new_study(database_url, n_trials=3)
+    stats = run_study(study_id, worker_settings(database_url))
+    trials = study_trials(database_url, study_id)
+    row = study_row(database_url, study_id)
+    assert stats.trials == 3 and _states(trials) == {"COMPLETE": 3}
+    assert (row.status, row.n_claimed) == ("completed", 3) and row.finished_at is not None
+    best = max(trials, key=lambda t: t.values[0])
+    assert 0.3 < best.values[0] <= 1.0 and {"gamma", "real_lr"} <= set(best.params)
+    attrs = best.user_attrs
+    assert attrs["device"] == "cpu" and attrs["worker_id"] and attrs["seconds"] > 0
+    assert attrs["train_config"]["optimizer"]["name"] == "bop"
+    epochs = attrs["epochs"]
+    assert [e["epoch"] for e in epochs] == [1, 2]
+    assert {"train_loss", "val_accuracy", "flip_ratio", "flip_ratio_per_layer"} <= set(epochs[0])
+    assert best.intermediate_values == {1: epochs[0]["val_accuracy"], 2: best.values[0]}
+
+
+def test_a_diverging_trial_fails_alone(sqlite_url: str) -> None:
+    study_id = new_study(sqlite_url, n_trials=4, sampler={"name": "random", "seed": 0})
+    calls = iter(range(100))
+
+    def fail(config: object) -> BaseException | None:
+        return FloatingPointError("loss is NaN") if next(calls) == 1 else None
+
+    stats = run_study(study_id, worker_settings(sqlite_url), train_fn=fake_train(fail=fail))
+    trials = study_trials(sqlite_url, study_id)
+    assert stats.by_state == {"COMPLETE": 3, "FAIL": 1}
+    (failed,) = [t for t in trials if t.state == TrialState.FAIL]
+    assert failed.user_attrs["error"] == "FloatingPointError: loss is NaN"
+    assert study_row(sqlite_url, study_id).status == "completed"
+
+
+def test_a_bad_data_path_fails_each_trial_but_not_the_worker(sqlite_url: str) -> None:
+    study_id = new_study(sqlite_url, n_trials=2, dataset="mnist", data_dir="/nonexistent/mnist")
+    stats = run_study(study_id, worker_settings(sqlite_url))
+    trials = study_trials(sqlite_url, study_id)
+    assert stats.by_state == {"FAIL": 2} and stats.errors == 0
+    assert all("ConfigError" in t.user_attrs["error"] for t in trials)
+    assert study_row(sqlite_url, study_id).status == "completed"
+
+
+def test_pruned_and_multi_objective_values(sqlite_url: str) -> None:
+    study_id = new_study(
+        sqlite_url, n_trials=2, epochs=3, objectives=["val_accuracy", "flip_ratio"]
+    )
+    run_study(study_id, worker_settings(sqlite_url), train_fn=fake_train())
+    trials = study_trials(sqlite_url, study_id)
+    assert all(t.state == TrialState.COMPLETE and len(t.values) == 2 for t in trials)
+    assert all(t.values[1] == 0.01 for t in trials)
+
+
+@pytest.mark.postgres
+def test_concurrent_workers_respect_the_budget_exactly(postgres_url: str) -> None:
+    study_id = new_study(postgres_url, n_trials=9)
+    settings = worker_settings(postgres_url, once=False, poll_interval_s=0.05)
+    stop = threading.Event()
+    workers = [
+        threading.Thread(
+            target=run_worker,
+            args=(settings.model_copy(update={"worker_id": f"w{i}"}), stop),
+            kwargs={"study_ids": [study_id], "train_fn": fake_train(0.05)},
+        )
+        for i in range(3)
+    ]
+    for thread in workers:
+        thread.start()
+    deadline = time.monotonic() + 60
+    while study_row(postgres_url, study_id).status != "completed":
+        assert time.monotonic() < deadline, "study did not complete"
+        time.sleep(0.1)
+    stop.set()
+    for thread in workers:
+        thread.join(timeout=10)
+    trials = study_trials(postgres_url, study_id)
+    assert _states(trials) == {"COMPLETE": 9}
+    assert len({t.user_attrs["worker_id"] for t in trials}) >= 2
+    assert study_row(postgres_url, study_id).n_claimed == 9
+
+
+def test_stop_prunes_the_running_trial_and_sets_stopped(sqlite_url: str) -> None:
+    study_id = new_study(sqlite_url, n_trials=5, epochs=20)
+
+    def on_epoch(epoch: int) -> None:
+        if epoch == 2:
+            _set_status(sqlite_url, study_id, "stopping")
+
+    settings = worker_settings(sqlite_url)
+    stats = run_study(study_id, settings, train_fn=fake_train(0.6, on_epoch=on_epoch))
+    trials = study_trials(sqlite_url, study_id)
+    assert stats.trials == 1 and _states(trials) == {"PRUNED": 1}
+    assert trials[0].user_attrs["stop_reason"] == "study stopped"
+    assert len(trials[0].user_attrs["epochs"]) < 20
+    row = study_row(sqlite_url, study_id)
+    assert row.status == "stopped" and row.finished_at is not None
+
+
+def test_sigterm_fails_the_trial_and_enqueues_a_retry(sqlite_url: str) -> None:
+    study_id = new_study(sqlite_url, n_trials=2, epochs=5)
+    stop = threading.Event()
+
+    def on_epoch(epoch: int) -> None:
+        if epoch == 2:
+            stop.set()  # what the SIGTERM handler does
+
+    train = fake_train(0, on_epoch=on_epoch)
+    first = run_study(study_id, worker_settings(sqlite_url), stop, train_fn=train)
+    assert first.by_state == {"FAIL": 1}
+    trials = study_trials(sqlite_url, study_id)
+    assert _states(trials) == {"FAIL": 1, "WAITING": 1}
+    failed, waiting = trials
+    assert failed.user_attrs["error"] == "worker terminated"
+    assert waiting.system_attrs["failed_trial"] == failed.number
+    assert waiting.params == failed.params and "error" not in waiting.user_attrs
+    second = run_study(study_id, worker_settings(sqlite_url), train_fn=fake_train())
+    trials = study_trials(sqlite_url, study_id)
+    assert second.by_state == {"COMPLETE": 2}
+    assert _states(trials) == {"FAIL": 1, "COMPLETE": 2} and final_count(trials) == 2
+    row = study_row(sqlite_url, study_id)
+    assert (row.status, row.n_claimed) == ("completed", 2)
+
+
+def test_a_stale_trial_of_a_dead_worker_is_failed_and_retried(database_url: str) -> None:
+    study_id = new_study(database_url, n_trials=2, max_retries=1)
+    settings = worker_settings(database_url, grace_period_s=1)
+    dead = Worker(settings, study_ids=[study_id])  # claims a trial, beats once, then "dies"
+    (row,) = dead.active_studies()
+    handle = dead.handle(row)
+    assert handle is not None
+    trial = dead.claim_trial(handle)
+    assert trial is not None
+    handle.storage.record_heartbeat(trial._trial_id)
+    dead.close()
+    time.sleep(2.5)
+    stats = run_study(study_id, settings, train_fn=fake_train())
+    trials = study_trials(database_url, study_id)
+    assert stats.by_state == {"COMPLETE": 2}
+    assert _states(trials) == {"FAIL": 1, "COMPLETE": 2} and final_count(trials) == 2
+    retry = next(t for t in trials if "failed_trial" in t.system_attrs)
+    assert retry.system_attrs["failed_trial"] == trial.number
+    assert study_row(database_url, study_id).status == "completed"
+
+
+def test_timeout_stops_starting_trials(sqlite_url: str) -> None:
+    study_id = new_study(sqlite_url, n_trials=50, timeout_s=0.5)
+    stats = run_study(study_id, worker_settings(sqlite_url), train_fn=fake_train(0.2))
+    assert 1 <= stats.trials < 50
+    assert study_row(sqlite_url, study_id).status == "completed"
+
+
+def test_an_infeasible_filter_sample_is_pruned_without_training(sqlite_url: str) -> None:
+    space = {"alpha": {"choices": [0.5]}, "gamma": {"choices": [0.1, 0.9]}, "real_lr": 0.01}
+    study_id = new_study(
+        sqlite_url,
+        optimizer="filter",
+        search_space=space,
+        n_trials=6,
+        sampler={"name": "random", "seed": 0},
+    )
+    run_study(study_id, worker_settings(sqlite_url), train_fn=fake_train())
+    for trial in study_trials(sqlite_url, study_id):
+        if trial.params["gamma"] < 0.5:
+            assert trial.state == TrialState.PRUNED
+            assert trial.user_attrs["error"] == "alpha > gamma"
+        else:
+            assert trial.state == TrialState.COMPLETE
+
+
+def test_config_error_is_recorded(sqlite_url: str) -> None:
+    study_id = new_study(sqlite_url, n_trials=1)
+    boom = fake_train(fail=lambda c: ConfigError("data_dir", "no such directory"))
+    run_study(study_id, worker_settings(sqlite_url), train_fn=boom)
+    (trial,) = study_trials(sqlite_url, study_id)
+    assert trial.user_attrs["error"] == "ConfigError: data_dir: no such directory"
+    storage = make_optuna_storage(sqlite_url)
+    assert storage.get_trial(trial._trial_id).state == TrialState.FAIL
+    storage.engine.dispose()
