@@ -1,6 +1,7 @@
 """The FastAPI app factory: ``create_app(settings) -> FastAPI``.
 
-Run with ``uvicorn service.app:create_app --factory`` or ``bnn-tune serve``. Startup does not
+Run with ``uvicorn service.app:create_app --factory``, ``uvicorn service.app:app`` (built on
+first access from the environment) or ``bnn-tune serve``. Startup does not
 migrate the database; ``GET /ready`` says whether it is reachable and migrated.
 """
 
@@ -101,3 +102,12 @@ async def _database_down(request: Request, exc: Exception) -> JSONResponse:
         status_code=503,
         headers={"Retry-After": str(RETRY_AFTER_S)},
     )
+
+
+def __getattr__(name: str) -> FastAPI:
+    """``service.app.app``: an app from the environment's settings, built on first access."""
+    if name == "app":
+        app = create_app(get_settings())
+        globals()["app"] = app
+        return app
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -375,7 +375,9 @@ class StudySpec(_Strict):
     max_retries: int | None = Field(
         None, ge=0, description="Retries of a failed/stale trial (None: settings.max_retries)."
     )
-    device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'.")
+    device: str = Field(
+        "auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$", description="auto, cpu, cuda or cuda:N"
+    )
     precision: Literal["fp32", "bf16"] = "fp32"
 
     @model_validator(mode="before")
