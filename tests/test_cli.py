@@ -151,7 +151,7 @@ def test_submit_then_status(
     assert main(["status", study_id, "--api-url", api_url]) == 0
     out = capsys.readouterr().out
     assert f"study {study_id} digits-bop-demo" in out
-    assert "0/12" in out
+    assert "0/10" in out
     # The same name again: a conflict, one line.
     assert main(["submit", str(_spec(tmp_path)), "--api-url", api_url]) == 2
     assert "HTTP 409" in capsys.readouterr().err

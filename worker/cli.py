@@ -288,20 +288,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    _set_database_url(args)
-    env = {
-        "BNN_TUNE_DEVICE": args.device,
-        "BNN_TUNE_WORKER_ID": args.worker_id,
-        "BNN_TUNE_DATA_DIR": args.data_dir,
-        "BNN_TUNE_POLL_INTERVAL_S": args.poll_interval,
-        "BNN_TUNE_WORKER_MAX_TRIALS": args.max_trials,
+    if args.data_dir:
+        os.environ["BNN_TUNE_DATA_DIR"] = args.data_dir
+    flags = {
+        "--database-url": args.database_url,
+        "--device": args.device,
+        "--worker-id": args.worker_id,
+        "--poll-interval": args.poll_interval,
+        "--max-trials": args.max_trials,
+        "--log-level": args.log_level,
     }
-    os.environ.update({k: str(v) for k, v in env.items() if v is not None})
+    argv = [str(x) for flag, value in flags.items() if value is not None for x in (flag, value)]
     if args.once:
-        os.environ["BNN_TUNE_ONCE"] = "true"
-    from worker.__main__ import main as worker_main
+        argv.append("--once")
+    from worker.__main__ import main as worker_main  # imports torch only when a trial runs
 
-    return int(worker_main([]) or 0)
+    return int(worker_main(argv) or 0)
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
@@ -724,6 +726,7 @@ def _add_worker(sub: Any) -> None:
     p.add_argument("--poll-interval", type=float, help="seconds between polls when idle")
     p.add_argument("--max-trials", type=_positive_int, help="exit after this many trials")
     p.add_argument("--once", action="store_true", help="exit when no study has work left")
+    p.add_argument("--log-level", default="INFO", help="logging level (default %(default)s)")
     p.set_defaults(func=cmd_worker)
 
 
