@@ -66,6 +66,7 @@ class Study(Base):
     """
 
     __tablename__ = "bnn_studies"
+    __table_args__ = {"sqlite_autoincrement": True}  # never reuse ids (Optuna names use them)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     name: Mapped[str] = mapped_column(String(63), unique=True)

@@ -91,9 +91,16 @@ def create_study(
 def _create_optuna_study(storage: BaseStorage, study: Study, spec: StudySpec) -> None:
     directions = [StudyDirection[d.upper()] for d in spec.directions]
     assert study.optuna_study_name is not None
-    optuna_id = storage.create_new_study(directions, study.optuna_study_name)
-    storage.set_study_user_attr(optuna_id, "bnn_tune_study_id", study.id)
-    storage.set_study_system_attr(optuna_id, "study:metric_names", list(spec.objectives))
+    try:
+        optuna_id = storage.create_new_study(directions, study.optuna_study_name)
+    except optuna.exceptions.DuplicatedStudyError as exc:
+        raise ConflictError(f"Optuna study {study.optuna_study_name!r} already exists") from exc
+    try:
+        storage.set_study_user_attr(optuna_id, "bnn_tune_study_id", study.id)
+        storage.set_study_system_attr(optuna_id, "study:metric_names", list(spec.objectives))
+    except Exception:
+        storage.delete_study(optuna_id)
+        raise
 
 
 def get_study(session: Session, study_id: int, *, include_deleted: bool = False) -> Study:

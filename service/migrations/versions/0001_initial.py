@@ -35,6 +35,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_bnn_studies")),
         sa.UniqueConstraint("name", name=op.f("uq_bnn_studies_name")),
         sa.UniqueConstraint("optuna_study_name", name=op.f("uq_bnn_studies_optuna_study_name")),
+        sqlite_autoincrement=True,
     )
     op.create_index(op.f("ix_bnn_studies_status"), "bnn_studies", ["status"], unique=False)
 
