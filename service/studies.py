@@ -14,7 +14,7 @@ import optuna
 from optuna.storages import BaseStorage, RDBStorage
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -122,19 +122,36 @@ def list_studies(
     return list(rows), count
 
 
+def _transition(session: Session, study: Study, to: str, *, where: Any) -> bool:
+    """Atomically set ``status=to`` when ``where`` still holds; refresh ``study``."""
+    now = datetime.now(UTC)
+    values: dict[str, Any] = {"status": to, "updated_at": now}
+    if to in ("stopped", "deleted"):
+        values["finished_at"] = now
+    result = session.execute(
+        update(Study)
+        .where(Study.id == study.id, where)
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    session.refresh(study)
+    return result.rowcount == 1
+
+
 def stop_study(session: Session, study: Study) -> Study:
-    """Ask workers to stop; a study that never started stops at once. Idempotent."""
+    """Ask workers to stop; a study that never started stops at once. Idempotent.
+
+    Conditional updates, so a worker claiming a trial at the same moment cannot be missed: a
+    study that got a claim becomes ``stopping`` (its worker sets ``stopped``).
+    """
+    never_started = (Study.status == "queued") & (Study.n_claimed == 0)
+    if _transition(session, study, "stopped", where=never_started):
+        return study
+    if _transition(session, study, "stopping", where=Study.status.in_(("queued", "running"))):
+        return study
     if study.status in ("stopping", "stopped"):
         return study
-    if study.status in ("completed", "failed"):
-        raise ConflictError(f"study {study.id} is already {study.status}")
-    now = datetime.now(UTC)
-    if study.status == "queued" and study.n_claimed == 0:
-        study.status, study.finished_at = "stopped", now
-    else:
-        study.status = "stopping"
-    study.updated_at = now
-    return study
+    raise ConflictError(f"study {study.id} is already {study.status}")
 
 
 def delete_study(session: Session, storage: BaseStorage, study: Study) -> Study:
@@ -144,8 +161,9 @@ def delete_study(session: Session, storage: BaseStorage, study: Study) -> Study:
     running = _count(load_trials(storage, study), (TrialState.RUNNING,))
     if running:
         raise ConflictError(f"study {study.id} has {running} running trial(s); stop it first")
-    study.status = "deleted"
-    study.updated_at = study.finished_at = datetime.now(UTC)
+    idle = Study.status.not_in(("running", "stopping", "deleted"))
+    if not _transition(session, study, "deleted", where=idle):
+        raise ConflictError(f"study {study.id} is {study.status}; stop it first")
     return study
 
 
