@@ -207,3 +207,19 @@ def test_summary_and_table_formatting() -> None:
     assert "0.002" in lines[3] and "12.5" in lines[3]
     summary = study_summary(study, trials)
     assert "2/4" in summary and "best    trial 1: val_accuracy 0.95" in summary
+
+
+@pytest.mark.slow
+def test_demo_end_to_end(tmp_path: Path) -> None:
+    """`bnn-tune demo` on a tiny spec: API + worker subprocesses, results, plots, clean exit."""
+    pytest.importorskip("torch")
+    spec = _spec(tmp_path, name="tiny-demo", n_trials=2, epochs=1, max_train_samples=200)
+    out = tmp_path / "demo"
+    result = _run("demo", str(spec), "--output", str(out), timeout=280)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "2 complete trials" in result.stdout
+    assert "Best parameters (trial" in result.stdout
+    assert "val_acc" in result.stdout and "flip_ratio" in result.stdout
+    assert f"bnn-tune dashboard --database-url sqlite:///{out.resolve()}/demo.db" in result.stdout
+    for kind in ("params", "curves", "flips"):
+        assert (out / "plots" / f"{kind}.png").read_bytes().startswith(b"\x89PNG")

@@ -571,7 +571,15 @@ def _start_api(stack: contextlib.ExitStack, output: Path, env: dict[str, str]) -
 def _start_worker(
     stack: contextlib.ExitStack, output: Path, env: dict[str, str], index: int
 ) -> subprocess.Popen[bytes]:
-    command = _cli_command("worker", "--device", "cpu", "--worker-id", f"demo-worker-{index}")
+    command = _cli_command(
+        "worker",
+        "--device",
+        "cpu",
+        "--worker-id",
+        f"demo-worker-{index}",
+        "--poll-interval",
+        "0.5",
+    )
     return stack.enter_context(background(command, output / f"worker-{index}.log", env))
 
 
