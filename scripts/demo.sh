@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The one command for a fresh machine: create .venv, install BNN-Tune with the CPU build of
-# torch, then run the demo study end to end (SQLite + CPU, about two minutes on two cores).
+# torch, then run the demo study end to end (SQLite + CPU, 2-3 minutes on two cores).
 #   bash scripts/demo.sh            # the default study, examples/digits-bop.yaml
 #   bash scripts/demo.sh examples/digits-filter.yaml
 set -euo pipefail

@@ -817,7 +817,7 @@ def _add_plot(sub: Any) -> None:
 def _add_demo(sub: Any) -> None:
     p = sub.add_parser(
         "demo",
-        help="run a whole study end to end on SQLite + CPU (about two minutes)",
+        help="run a whole study end to end on SQLite + CPU (2-3 minutes)",
         description="Migrate a fresh SQLite database, start the API and a local worker, submit "
         "SPEC, show progress, print the best parameters and a comparison table, write the "
         "plots, and shut everything down.",
