@@ -23,7 +23,7 @@ PROBE = textwrap.dedent(
     package = importlib.import_module({package!r})
     failed = []
     for info in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
-        if info.name.endswith(".migrations.env"):  # runs only inside alembic
+        if info.name.endswith((".migrations.env", ".__main__")):  # alembic-only; entry points
             continue
         try:
             importlib.import_module(info.name)
