@@ -193,7 +193,7 @@ def test_summary_and_table_formatting() -> None:
             "number": 0,
             "state": "COMPLETE",
             "values": [0.91],
-            "params": {"gamma": 1e-4, "threshold": 0.0},
+            "params": {"gamma": 1e-4, "threshold_is_zero": True},
             "duration_s": 12.5,
             "epochs": [{"flip_ratio": 0.002}],
         },
@@ -207,6 +207,14 @@ def test_summary_and_table_formatting() -> None:
     assert "0.002" in lines[3] and "12.5" in lines[3]
     summary = study_summary(study, trials)
     assert "2/4" in summary and "best    trial 1: val_accuracy 0.95" in summary
+    assert "is_zero" not in table  # include_zero's choice is shown as threshold 0
+
+
+def test_status_id_must_be_a_number(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["status", "abc"])
+    assert exit_info.value.code == 2
+    assert "not an integer" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -96,7 +96,7 @@ def _http_error_message(status: int, body: Any) -> str:
         errors = body.get("errors") if isinstance(body, dict) else None
         lines = _validation_lines(errors or detail)
         if lines:
-            return "the server rejected the spec:\n  " + "\n  ".join(lines)
+            return "the server rejected the request:\n  " + "\n  ".join(lines)
     if status == 401 or status == 403:
         return f"HTTP {status}: {detail} (set --api-key or BNN_TUNE_API_KEY)"
     return f"HTTP {status}: {_short(detail)}"
@@ -172,6 +172,18 @@ def best_trials(trials: list[dict[str, Any]], top: int) -> list[dict[str, Any]]:
     return sorted(done, key=lambda t: -(trial_value(t) or 0.0))[:top]
 
 
+def display_params(params: dict[str, Any]) -> dict[str, Any]:
+    """Fold Optuna's ``<name>_is_zero`` choice (spec ``include_zero``) back into ``<name>``."""
+    shown: dict[str, Any] = {}
+    for name, value in params.items():
+        if name.endswith("_is_zero"):
+            if value:
+                shown[name.removesuffix("_is_zero")] = 0.0
+        else:
+            shown[name] = value
+    return shown
+
+
 def _fmt(value: Any) -> str:
     if value is None:
         return "-"
@@ -187,7 +199,7 @@ def format_table(rows: list[list[str]], header: list[str]) -> str:
     lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))]
     lines.append("  ".join("-" * w for w in widths))
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
-    return "\n".join(lines)
+    return "\n".join(line.rstrip() for line in lines)
 
 
 def comparison_table(trials: list[dict[str, Any]], top: int = 5) -> str:
@@ -195,17 +207,18 @@ def comparison_table(trials: list[dict[str, Any]], top: int = 5) -> str:
     best = best_trials(trials, top)
     if not best:
         return "(no completed trials yet)"
-    names = sorted({name for t in best for name in (t.get("params") or {})})
+    params = [display_params(t.get("params") or {}) for t in best]
+    names = sorted({name for p in params for name in p})
     header = ["trial", *names, "val_acc", "flip_ratio", "seconds"]
     rows = [
         [
             str(t.get("number", t.get("id", "?"))),
-            *[_fmt((t.get("params") or {}).get(n)) for n in names],
+            *[_fmt(p.get(n)) for n in names],
             _fmt(trial_value(t)),
             _fmt(_metric(t, "flip_ratio")),
             _fmt(trial_seconds(t)),
         ]
-        for t in best
+        for t, p in zip(best, params, strict=True)
     ]
     return format_table(rows, header)
 
@@ -242,12 +255,13 @@ def study_summary(study: dict[str, Any], trials: list[dict[str, Any]], top: int 
         lines.append(
             f"best    trial {best[0].get('number')}: val_accuracy {_fmt(trial_value(best[0]))}"
         )
-        lines += [f"        {k} = {_fmt(v)}" for k, v in (best[0].get("params") or {}).items()]
+        shown = display_params(best[0].get("params") or {})
+        lines += [f"        {k} = {_fmt(v)}" for k, v in shown.items()]
         lines += ["", comparison_table(trials, top)]
     return "\n".join(lines)
 
 
-def fetch_study(api: Api, study_id: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def fetch_study(api: Api, study_id: int | str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     study = api.request("GET", f"/studies/{study_id}")
     trials = _items(api.request("GET", f"/studies/{study_id}/trials", params={"limit": 1000}))
     return study, trials
@@ -590,7 +604,7 @@ def _submit_raw(api: Api, spec_path: Path) -> str:
 
 def follow_study(
     api: Api,
-    study_id: str,
+    study_id: int | str,
     total: int,
     procs: Sequence[subprocess.Popen[bytes]],
     output: Path,
@@ -628,12 +642,12 @@ def _print_results(study: dict[str, Any], trials: list[dict[str, Any]], top: int
         f"\nBest parameters (trial {best[0].get('number')}, "
         f"val_accuracy {_fmt(trial_value(best[0]))}):"
     )
-    for name, value in (best[0].get("params") or {}).items():
-        print(f"  {name:<20} {_fmt(value)}")
+    for name, value in display_params(best[0].get("params") or {}).items():
+        print(f"  {name:<12} {_fmt(value)}")
     print(f"\nTop {len(best)} trials:\n{comparison_table(trials, top)}")
 
 
-def _write_plots(api: Api, study_id: str, folder: Path) -> None:
+def _write_plots(api: Api, study_id: int | str, folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     for kind in PLOT_KINDS:
@@ -756,7 +770,7 @@ def _add_status(sub: Any) -> None:
         help="progress, best parameters and the best trials of a study",
         description="Show a study's progress, its best parameters and a table of its best trials.",
     )
-    p.add_argument("study_id", metavar="ID", help="study id (as printed by submit)")
+    p.add_argument("study_id", metavar="ID", type=_positive_int, help="study id (from submit)")
     p.add_argument("--watch", action="store_true", help="refresh until the study ends")
     p.add_argument("--interval", type=float, default=2.0, help="--watch refresh seconds")
     p.add_argument("--top", type=_positive_int, default=5, help="rows in the comparison table")
@@ -806,7 +820,7 @@ def _add_plot(sub: Any) -> None:
         help="download a study plot (params, curves, flips) as PNG or SVG",
         description="Fetch a plot of a study from the API and write it to FILE.",
     )
-    p.add_argument("study_id", metavar="ID", help="study id")
+    p.add_argument("study_id", metavar="ID", type=_positive_int, help="study id")
     p.add_argument("--kind", choices=PLOT_KINDS, required=True, help="which plot")
     p.add_argument("--out", metavar="FILE", required=True, help="output file (.png or .svg)")
     p.add_argument("--format", choices=["png", "svg"], help="default: from FILE's suffix")
