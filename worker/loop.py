@@ -24,6 +24,7 @@ retried (see :func:`worker.trial.retry_db`).
 
 from __future__ import annotations
 
+import copy
 import logging
 import threading
 import time
@@ -53,6 +54,7 @@ from worker.settings import WorkerSettings, resolve_device
 from worker.trial import (
     STUDY_STOPPED,
     TRANSIENT_DB_ERRORS,
+    VOLATILE_ATTRS,
     WORKER_TERMINATED,
     prepare_trial,
     retry_db,
@@ -86,7 +88,18 @@ class StudyHandle:
     spec: StudySpec
     storage: RDBStorage
     study: optuna.Study
-    retry_callback: RetryHeartbeatStaleTrialCallback
+    retry_callback: CleanRetryCallback
+
+
+class CleanRetryCallback(RetryHeartbeatStaleTrialCallback):
+    """Optuna's stale-trial retry (WAITING copy with the same params, ``failed_trial`` and
+    ``retry_history`` system attrs, ``max_retry``), minus the user attrs that describe the failed
+    attempt (its epochs, worker, error), so a retry starts clean."""
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        trial = copy.deepcopy(trial)
+        trial.user_attrs = {k: v for k, v in trial.user_attrs.items() if k not in VOLATILE_ATTRS}
+        super().__call__(study, trial)
 
 
 def _utc(value: datetime | None) -> datetime | None:
@@ -128,6 +141,8 @@ class Worker:
         self._storages: dict[int, RDBStorage] = {}
         self._handles: dict[int, StudyHandle] = {}
         self._status_cache: dict[int, tuple[float, str]] = {}
+        self._waiting_reason: dict[int, str | None] = {}
+        self._leaks: dict[tuple[int, int, int], float] = {}
 
     def _pool(self) -> dict[str, Any]:
         if self.settings.database_url.startswith("sqlite"):
@@ -220,9 +235,7 @@ class Worker:
                     engine_kwargs=kwargs,
                     heartbeat_interval=self.settings.heartbeat_interval_s,
                     grace_period=self.settings.grace_period_s,
-                    heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
-                        max_retry=max_retry
-                    ),
+                    heartbeat_stale_trial_callback=CleanRetryCallback(max_retry=max_retry),
                 )
         return self._storages[max_retry]
 
@@ -248,7 +261,7 @@ class Worker:
             logger.info("study %s has no Optuna study %r yet", row.id, name)
             return None
         callback = storage.get_heartbeat_stale_trial_callback()
-        assert isinstance(callback, RetryHeartbeatStaleTrialCallback)
+        assert isinstance(callback, CleanRetryCallback)
         handle = StudyHandle(row.id, spec, storage, study, callback)
         self._handles[row.id] = handle
         return handle
@@ -295,22 +308,75 @@ class Worker:
     def maybe_complete(self, handle: StudyHandle, row: Study, timed_out: bool = False) -> None:
         """'completed' when nothing is RUNNING/WAITING and every claim became a trial (or the
         timeout passed and nothing runs)."""
-        _fail_stale(handle.study)
-        if self._trials(handle, TrialState.RUNNING):
+        self.recover(handle)
+        reason = self._not_complete_reason(handle, row, timed_out)
+        if reason is None:
+            self.set_status(row.id, "completed", from_=("queued", "running"))
+        elif reason != self._waiting_reason.get(handle.id):
+            logger.info("study %s not complete yet: %s", handle.id, reason)
+        self._waiting_reason[handle.id] = reason
+
+    def _not_complete_reason(self, handle: StudyHandle, row: Study, timed_out: bool) -> str | None:
+        running = self._trials(handle, TrialState.RUNNING)
+        if running:
+            return f"trials {[t.number for t in running]} RUNNING"
+        if timed_out:
+            return None
+        if row.n_claimed < row.n_trials:
+            return f"{row.n_claimed}/{row.n_trials} claimed"
+        waiting = self._trials(handle, TrialState.WAITING)
+        if waiting:
+            return f"trials {[t.number for t in waiting]} WAITING"
+        originals = sum(1 for t in self._trials(handle) if "failed_trial" not in t.system_attrs)
+        if originals < row.n_claimed:  # a claim is between its UPDATE and ask()
+            self.heal_leaked_claims(handle, row.n_claimed, originals)
+            return f"{originals} trials for {row.n_claimed} claims"
+        return None
+
+    def heal_leaked_claims(self, handle: StudyHandle, claimed: int, originals: int) -> None:
+        """A claim whose trial was never created (the worker died, or the database dropped
+        between the UPDATE and ``ask()``) would block completion forever. When the same gap has
+        lasted ``orphan_after_s``, give those claims back (only if ``n_claimed`` is unchanged)."""
+        key = (handle.id, claimed, originals)
+        first = self._leaks.setdefault(key, time.monotonic())
+        if time.monotonic() - first < self.settings.orphan_after_s:
             return
-        if not timed_out:
-            if row.n_claimed < row.n_trials or self._trials(handle, TrialState.WAITING):
-                return
-            trials = self._trials(handle)
-            originals = sum(1 for t in trials if "failed_trial" not in t.system_attrs)
-            if originals < row.n_claimed:  # a claim is between its UPDATE and ask()
-                return
-        self.set_status(row.id, "completed", from_=("queued", "running"))
+        with session_scope(self.engine) as session:
+            session.execute(
+                update(Study)
+                .where(Study.id == handle.id, Study.n_claimed == claimed)
+                .values(n_claimed=originals)
+                .execution_options(synchronize_session=False)
+            )
+        logger.warning("study %s: gave back %d leaked claim(s)", handle.id, claimed - originals)
+        self._leaks.pop(key, None)
+
+    def recover(self, handle: StudyHandle) -> None:
+        """Trials of dead workers -> FAIL, each with a WAITING retry (if retries are left)."""
+        _fail_stale(handle.study)
+        self.reap_orphans(handle)
+
+    def reap_orphans(self, handle: StudyHandle) -> None:
+        """FAIL (and retry) RUNNING trials that never got a heartbeat nor a worker: their worker
+        died between ``ask()`` and its first heartbeat, which ``fail_stale_trials`` cannot see.
+        ``datetime_start`` is the claiming worker's local time, like Optuna's own."""
+        now = datetime.now()
+        for frozen in self._trials(handle, TrialState.RUNNING):
+            start = frozen.datetime_start
+            if "worker_id" in frozen.user_attrs or start is None:
+                continue
+            if (now - start).total_seconds() < self.settings.orphan_after_s:
+                continue
+            storage = handle.storage
+            storage.set_trial_user_attr(frozen._trial_id, "error", "orphaned: never started")
+            if storage.set_trial_state_values(frozen._trial_id, state=TrialState.FAIL):
+                logger.warning("study %s: failed orphaned trial %s", handle.id, frozen.number)
+                handle.retry_callback(handle.study, storage.get_trial(frozen._trial_id))
 
     def finish_stopping(self, handle: StudyHandle) -> None:
         """Trials of a stopping study end at their next epoch; the last worker to see no
         RUNNING trial sets 'stopped'."""
-        _fail_stale(handle.study)
+        self.recover(handle)
         if not self._trials(handle, TrialState.RUNNING):
             self.set_status(handle.id, "stopped", from_=("stopping",))
 
@@ -331,20 +397,18 @@ class Worker:
 
     def claim_trial(self, handle: StudyHandle) -> optuna.Trial | None:
         """A retry first, else a fresh trial within the study-wide budget; None when neither."""
-        _fail_stale(handle.study)
+        self.recover(handle)
         trial = self.pop_retry(handle)
         if trial is not None:
             return trial
         with session_scope(self.engine) as session:
             if not claim_trial_slot(session, handle.id):
                 return None
-        try:
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message="Heartbeat of storage")
-                trial = handle.study.ask()
-        except BaseException:
-            self.release_claim(handle)
-            raise
+        # No give-back when ask() raises: the trial may exist already (then it is an orphan that
+        # reap_orphans fails and retries); if it does not, heal_leaked_claims returns the claim.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Heartbeat of storage")
+            trial = handle.study.ask()
         if is_retry(handle.storage, trial._trial_id):
             self.release_claim(handle)
         return trial

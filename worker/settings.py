@@ -32,7 +32,12 @@ class WorkerSettings(Settings):
     worker_max_trials: int | None = Field(None, ge=1, description="Exit after this many trials.")
     once: bool = Field(False, description="Exit when no study has work (tests, batch jobs).")
     reconnect_max_s: float = Field(30.0, gt=0, description="Cap of the reconnect backoff.")
-    db_timeout_s: float = Field(10.0, gt=0, description="Connect timeout of each DB connection.")
+    orphan_after_s: float = Field(
+        60.0,
+        gt=0,
+        description="A RUNNING trial without worker (or a claim without trial) this old is "
+        "failed and retried (or given back).",
+    )
 
     @field_validator("device")
     @classmethod

@@ -73,13 +73,13 @@ def _ok(url: str) -> bool:
         return False
 
 
-def _wait(condition: Any, timeout: float, message: str) -> Any:
+def _wait(condition: Any, timeout: float, message: Any) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if result := condition():
             return result
         time.sleep(0.2)
-    raise AssertionError(message)
+    raise AssertionError(message() if callable(message) else message)
 
 
 @contextmanager
@@ -127,7 +127,11 @@ def _wait_done(api: str, study_id: int, timeout: float) -> dict[str, Any]:
         study = _study(api, study_id)
         return study if study["status"] in ("completed", "failed", "stopped") else None
 
-    return _wait(done, timeout, f"study {study_id} did not finish: {_study(api, study_id)}")
+    def why() -> str:
+        trials = [(t["number"], t["state"], t["retry_of"]) for t in _trials(api, study_id)]
+        return f"study {study_id} did not finish: {_study(api, study_id)}\ntrials: {trials}"
+
+    return _wait(done, timeout, why)
 
 
 def _check_budget(api: str, study_id: int, n_trials: int) -> list[dict[str, Any]]:

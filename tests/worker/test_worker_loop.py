@@ -218,3 +218,38 @@ def test_config_error_is_recorded(sqlite_url: str) -> None:
     storage = make_optuna_storage(sqlite_url)
     assert storage.get_trial(trial._trial_id).state == TrialState.FAIL
     storage.engine.dispose()
+
+
+def test_an_orphaned_trial_without_heartbeat_is_failed_and_retried(sqlite_url: str) -> None:
+    study_id = new_study(sqlite_url, n_trials=2)
+    settings = worker_settings(sqlite_url, orphan_after_s=0.5)
+    dead = Worker(settings, study_ids=[study_id])  # dies between ask() and its first heartbeat
+    (row,) = dead.active_studies()
+    handle = dead.handle(row)
+    assert handle is not None and dead.claim_trial(handle) is not None
+    dead.close()
+    time.sleep(0.7)
+    stats = run_study(study_id, settings, train_fn=fake_train())
+    trials = study_trials(sqlite_url, study_id)
+    assert stats.by_state == {"COMPLETE": 2} and final_count(trials) == 2
+    orphan = trials[0]
+    assert orphan.state == TrialState.FAIL and orphan.user_attrs["error"].startswith("orphaned")
+    assert study_row(sqlite_url, study_id).status == "completed"
+
+
+def test_a_leaked_claim_is_given_back(sqlite_url: str) -> None:
+    study_id = new_study(sqlite_url, n_trials=2)
+    engine = make_engine(sqlite_url)
+    with session_scope(engine) as session:  # a claim whose worker died before ask()
+        session.execute(update(Study).where(Study.id == study_id).values(n_claimed=1))
+    engine.dispose()
+    worker = Worker(worker_settings(sqlite_url, orphan_after_s=0.3), train_fn=fake_train())
+    worker.study_ids = [study_id]
+    assert worker.run().trials == 1  # the one claim left; then it sees 1 trial for 2 claims
+    time.sleep(0.4)
+    worker.run()  # gives the leaked claim back
+    worker.run()  # runs the second trial and completes the study
+    trials = study_trials(sqlite_url, study_id)
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
+    row = study_row(sqlite_url, study_id)
+    assert (row.status, row.n_claimed) == ("completed", 2)
