@@ -231,3 +231,15 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     assert f"bnn-tune dashboard --database-url sqlite:///{out.resolve()}/demo.db" in result.stdout
     for kind in ("params", "curves", "flips"):
         assert (out / "plots" / f"{kind}.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_embedded_demo_spec_is_the_example(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from service.spec import load_spec, parse_spec
+    from worker import cli
+
+    example = load_spec(ROOT / "examples" / "digits-bop.yaml")
+    assert parse_spec(cli.EMBEDDED_DEMO_SPEC) == example
+    monkeypatch.setattr(cli, "DEFAULT_DEMO_SPEC", tmp_path / "missing.yaml")
+    assert load_spec(cli._default_demo_spec(tmp_path / "out")) == example

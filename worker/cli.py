@@ -29,6 +29,26 @@ __all__ = ["CliError", "build_parser", "main"]
 
 DEFAULT_API_URL = "http://127.0.0.1:8000"
 DEFAULT_DEMO_SPEC = Path(__file__).resolve().parent.parent / "examples" / "digits-bop.yaml"
+# The same study, embedded for installs without the examples folder (a test keeps them equal).
+EMBEDDED_DEMO_SPEC: dict[str, Any] = {
+    "name": "digits-bop-demo",
+    "description": "Bop's adaptivity rate gamma and threshold tau on the digits MLP (demo).",
+    "optimizer": "bop",
+    "model": "mlp",
+    "dataset": "digits",
+    "epochs": 6,
+    "batch_size": 50,
+    "n_trials": 10,
+    "seed": 0,
+    "device": "cpu",
+    "search_space": {
+        "gamma": {"low": 1.0e-5, "high": 1.0e-1, "log": True},
+        "threshold": {"low": 1.0e-8, "high": 1.0e-3, "log": True, "include_zero": True},
+        "real_lr": 0.01,
+    },
+    "sampler": {"name": "tpe", "seed": 0},
+    "pruner": {"name": "none"},
+}
 PLOT_KINDS = ("params", "curves", "flips")
 TERMINAL_STATES = ("completed", "failed", "stopped", "cancelled", "deleted")
 FINISHED_TRIAL_STATES = ("complete", "pruned", "fail", "failed")
@@ -434,7 +454,19 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    return run_demo(Path(args.spec), Path(args.output), workers=args.workers, top=args.top)
+    output = Path(args.output)
+    spec = Path(args.spec) if args.spec else _default_demo_spec(output)
+    return run_demo(spec, output, workers=args.workers, top=args.top)
+
+
+def _default_demo_spec(output: Path) -> Path:
+    """examples/digits-bop.yaml, or the embedded copy where the examples are not installed."""
+    if DEFAULT_DEMO_SPEC.is_file():
+        return DEFAULT_DEMO_SPEC
+    path = output / "digits-bop.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(EMBEDDED_DEMO_SPEC, indent=2) + "\n", encoding="utf-8")
+    return path
 
 
 # --------------------------------------------------------------------------------------------
@@ -543,11 +575,11 @@ def run_demo(spec_path: Path, output: Path, workers: int = 1, top: int = 5) -> i
         procs = [_start_worker(stack, output, env, i) for i in range(workers)]
         follow_study(api, study_id, spec.n_trials, procs, output)
         study, trials = fetch_study(api, study_id)
-        _print_results(study, trials, top)
+        completed = _print_results(study, trials, top)
         _write_plots(api, study_id, output / "plots")
         _step("stopping the worker(s) and the API")
     _print_epilogue(url, output, time.monotonic() - started)
-    return 0
+    return 0 if completed else 1
 
 
 def _step(text: str) -> None:
@@ -631,13 +663,19 @@ def follow_study(
             time.sleep(1.0)
 
 
-def _print_results(study: dict[str, Any], trials: list[dict[str, Any]], top: int) -> None:
+def _print_results(study: dict[str, Any], trials: list[dict[str, Any]], top: int) -> bool:
+    """Print the outcome; False when no trial completed."""
     counts = count_states(trials)
     print("\n" + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + " trials")
+    if study.get("error"):
+        print(f"study {study.get('status')}: {study['error']}")
+    errors = sorted({str(t["error"]) for t in trials if t.get("error")})
+    for error in errors[:3]:
+        print(f"  trial error: {error}")
     best = best_trials(trials, top)
     if not best:
         print("no trial completed; see the worker log(s)")
-        return
+        return False
     print(
         f"\nBest parameters (trial {best[0].get('number')}, "
         f"val_accuracy {_fmt(trial_value(best[0]))}):"
@@ -645,6 +683,7 @@ def _print_results(study: dict[str, Any], trials: list[dict[str, Any]], top: int
     for name, value in display_params(best[0].get("params") or {}).items():
         print(f"  {name:<12} {_fmt(value)}")
     print(f"\nTop {len(best)} trials:\n{comparison_table(trials, top)}")
+    return True
 
 
 def _write_plots(api: Api, study_id: int | str, folder: Path) -> None:
@@ -840,8 +879,7 @@ def _add_demo(sub: Any) -> None:
         "spec",
         metavar="SPEC",
         nargs="?",
-        default=str(DEFAULT_DEMO_SPEC),
-        help="study spec (default examples/digits-bop.yaml)",
+        help="study spec (default examples/digits-bop.yaml: Bop on digits, 10 trials)",
     )
     p.add_argument(
         "--output",
