@@ -115,6 +115,8 @@ def _http_error_message(status: int, body: Any) -> str:
     if status == 422:
         errors = body.get("errors") if isinstance(body, dict) else None
         lines = _validation_lines(errors or detail)
+        if len(lines) == 1:
+            return f"the server rejected the request: {lines[0]}"
         if lines:
             return "the server rejected the request:\n  " + "\n  ".join(lines)
     if status == 401 or status == 403:
@@ -283,8 +285,15 @@ def study_summary(study: dict[str, Any], trials: list[dict[str, Any]], top: int 
 
 def fetch_study(api: Api, study_id: int | str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     study = api.request("GET", f"/studies/{study_id}")
-    trials = _items(api.request("GET", f"/studies/{study_id}/trials", params={"limit": 1000}))
-    return study, trials
+    trials: list[dict[str, Any]] = []
+    while True:  # pages of 1000 (the API's maximum)
+        params = {"skip": len(trials), "limit": 1000}
+        body = api.request("GET", f"/studies/{study_id}/trials", params=params)
+        page = _items(body)
+        trials += page
+        total = body.get("count", 0) if isinstance(body, dict) else 0
+        if not page or len(trials) >= total:
+            return study, trials
 
 
 def _items(body: Any) -> list[dict[str, Any]]:
