@@ -186,7 +186,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.quick:
         args.device = "cpu" if args.device == "auto" else args.device
-        args.images, args.width, args.dense = 2000, 0.125, 128
+        args.images, args.width, args.dense = 1000, 0.0625, 64
         args.batch_sizes, args.slots = "50,256", "2,4"
         if args.tiny:
             args.images, args.width, args.dense, args.epochs = 200, 0.0625, 32, 1

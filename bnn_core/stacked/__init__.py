@@ -1,4 +1,46 @@
-"""N trials of one architecture trained at once as one grouped network (issue 5)."""
+"""N trials of one architecture trained at once as one grouped network (issue 5).
+
+Why: at the Bop recipe's batch of 50 a single BinaryNet trial is launch-bound and leaves an
+H100 mostly idle; raising the batch would change what the study measures. Instead N trials,
+each with its own weights, batches, seed and hyperparameters, run as one network whose
+convolutions are grouped (``groups=N``), linears batched (``bmm``) and BatchNorms widened to
+``N*C`` channels (performance.md 2.2, 2.6).
+
+For the worker (the one caller)::
+
+    from bnn_core.stacked import StackedTrainer, choose_slots, is_stackable
+
+    if is_stackable(config):               # bop / bop2 / filter; latent-* train solo
+        n = choose_slots(config.model, dataset.input_shape, config.batch_size,
+                         device, max_slots=32)           # fits free GPU memory
+        trainer = StackedTrainer(n, dataset=dataset)    # dataset: bnn_core.data.Dataset
+        trainer.run(next_trial, on_trial_end=tell)
+
+* ``next_trial() -> (TrainConfig, on_epoch_end | None) | None``: called whenever a slot is
+  free (N times at the start, then after each epoch in which trials finished). All configs
+  must share ``SHARED_FIELDS`` (model, dataset, batch_size, val_fraction, max_train_samples,
+  augment, device, precision, channels_last, compile, optimizer.name) with the first one,
+  else ``ConfigError(field)``; epochs, seed and every hyperparameter/schedule may differ.
+  Return ``None`` when there is nothing to hand out (it is not asked again).
+* ``on_epoch_end(EpochMetrics)``: as in ``bnn_core.train.train``; truthy = stop/prune this
+  trial, its slot is refilled in place with the next trial.
+* ``on_trial_end(TrainResult, error)``: called when a trial completes, is stopped, or
+  diverges (``error`` is a ``bnn_core.train.TrainingDiverged``, else ``None``).
+* ``run`` returns all ``TrainResult``s in hand-out order. A CUDA OOM halves N and parks the
+  dropped trials until a slot frees up (``trainer.oom_backoffs`` counts it). Once
+  ``next_trial`` is exhausted, N shrinks to a power of two over the busy slots.
+
+``train_stacked(configs, callbacks)`` is the one-shot form (same epochs required). Lower
+level: ``stack_models`` / ``unstack`` / ``StackedNetwork.export_trial`` (a finished trial as
+a plain single model) and ``StackedOptimizer`` (per-trial Bop, Bop2ndOrder, CEMA + Adam).
+
+Numerics: in fp32 a stacked trial computes what it computes alone (same forward, gradients
+up to summation order, the same flips given the same gradients: tests/core/test_stacked.py).
+With ``precision="bf16"`` on CUDA the convs and matmuls run under bf16 autocast (exact for
++-1 x +-1 products; the first layer's real-valued input is rounded to bf16), parameters,
+gradients and all optimizer state stay fp32, and no grad scaler is used (bf16 has fp32's
+exponent range, so nothing needs unscaling before Bop's threshold test).
+"""
 
 from .memory import choose_slots, estimate_slot_bytes, measure_slot_bytes
 from .network import (
@@ -13,7 +55,7 @@ from .network import (
     verify_stacking,
 )
 from .optim import BINARY_FAMILIES, StackedOptimizer
-from .trainer import SHARED_FIELDS, StackedTrainer, check_stackable, train_stacked
+from .trainer import SHARED_FIELDS, StackedTrainer, check_stackable, is_stackable, train_stacked
 
 __all__ = [
     "BINARY_FAMILIES",
@@ -22,6 +64,7 @@ __all__ = [
     "check_stackable",
     "choose_slots",
     "estimate_slot_bytes",
+    "is_stackable",
     "measure_slot_bytes",
     "train_stacked",
     "StackedBinaryConv2d",

@@ -60,6 +60,7 @@ __all__ = [
     "StackedTrainer",
     "train_stacked",
     "check_stackable",
+    "is_stackable",
 ]
 
 EpochCallback = Callable[[EpochMetrics], Any]
@@ -81,7 +82,8 @@ SHARED_FIELDS = (
     "compile",
     "optimizer.name",
 )
-EVAL_BATCH_SIZE = 1000
+EVAL_BATCH_SIZE = 1000  # per trial, capped so that one chunk holds <= EVAL_IMAGES images
+EVAL_IMAGES = 8192
 AUGMENT_PAD = 4
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-7
@@ -98,6 +100,16 @@ def _field(config: TrainConfig, name: str) -> Any:
     for part in name.split("."):
         value = getattr(value, part)
     return value
+
+
+def is_stackable(config: TrainConfig) -> bool:
+    """Whether ``config`` can run in a ``StackedTrainer`` (flip optimizer, known model).
+
+    Latent-weight families (``latent-adam``, ``latent-sgd``) train solo (``bnn_core.train``).
+    """
+    from ..models import MODEL_NAMES
+
+    return config.optimizer.name in BINARY_FAMILIES and config.model in MODEL_NAMES
 
 
 def check_stackable(configs: Sequence[TrainConfig], fields: Iterable[str] = SHARED_FIELDS) -> None:
@@ -511,8 +523,9 @@ class StackedTrainer:
         n = self.n_slots
         loss = torch.zeros(n, device=self.device)
         hits = torch.zeros(n, dtype=torch.int64, device=self.device)
-        for lo in range(0, index.shape[0], EVAL_BATCH_SIZE):
-            rows = index[lo : lo + EVAL_BATCH_SIZE]
+        chunk = max(1, min(EVAL_BATCH_SIZE, EVAL_IMAGES // n))
+        for lo in range(0, index.shape[0], chunk):
+            rows = index[lo : lo + chunk]
             x, y = normalize(x_all[rows]), y_all[rows]
             with autocast(self.device, self.reference.precision):
                 logits = self.network(x)
