@@ -11,7 +11,7 @@ from torch import nn
 
 from bnn_core.config import ConfigError, OptimizerConfig, TrainConfig
 from bnn_core.data import load_dataset
-from bnn_core.layers import BinaryLinear, binary_layers, split_parameters
+from bnn_core.layers import BinaryLinear, binary_layers, split_parameters, use_latent_weights
 from bnn_core.metrics import FlipCounter
 from bnn_core.train import TrainingDiverged, train
 
@@ -126,8 +126,13 @@ def test_first_step_excluded_from_flip_ratio(digits) -> None:
     assert result.epochs[1].flip_ratio < 0.4
 
 
-def test_flip_counter_against_manual_count() -> None:
+@pytest.mark.parametrize("latent", [False, True])
+def test_flip_counter_against_manual_count(latent: bool) -> None:
     model = nn.Sequential(BinaryLinear(6, 4), BinaryLinear(4, 3))
+    if latent:
+        use_latent_weights(model, init_scale=0.5)
+        with torch.no_grad():
+            model[0].weight.add_(0.01 * torch.sign(model[0].weight))  # no exact zeros
     counter = FlipCounter(model)
     before = [p.detach().clone() for p in split_parameters(model)[0]]
     counter.snapshot()
