@@ -31,6 +31,9 @@ __all__ = ["StackedOptimizer", "BINARY_FAMILIES", "HYPERPARAMETER_NAMES"]
 BINARY_FAMILIES = ("bop", "bop2", "filter")
 # All per-trial hyperparameter tensors; the ones a family does not use stay 0.
 HYPERPARAMETER_NAMES = ("gamma", "threshold", "sigma", "alpha", "real_lr")
+ROW_STEP_SIZE = len(HYPERPARAMETER_NAMES)
+ROW_BC2_SQRT = ROW_STEP_SIZE + 1
+OPTIMIZER_ROWS = ROW_STEP_SIZE + 2
 _STATE_NAMES = {"bop": ("m",), "bop2": ("m", "v"), "filter": ("m", "x")}
 
 
@@ -70,10 +73,13 @@ class StackedOptimizer:
         self.real = real
         device = binary[0].device if binary else torch.device("cpu")
         n = self.n_trials
-        self.hyper = {name: torch.zeros(n, device=device) for name in HYPERPARAMETER_NAMES}
-        # Adam's per-trial bias-corrected step size (lr / (1 - b1^t)) and sqrt(1 - b2^t).
-        self.adam_step_size = torch.zeros(n, device=device)
-        self.adam_bc2_sqrt = torch.ones(n, device=device)
+        # One [ROWS, N] fp32 buffer (updated with a single copy per step): the hyperparameters,
+        # then Adam's per-trial bias-corrected step size lr / (1 - b1^t) and sqrt(1 - b2^t).
+        self.buffer = torch.zeros(OPTIMIZER_ROWS, n, device=device)
+        self.buffer[ROW_BC2_SQRT] = 1.0
+        self.hyper = {name: self.buffer[i] for i, name in enumerate(HYPERPARAMETER_NAMES)}
+        self.adam_step_size = self.buffer[ROW_STEP_SIZE]
+        self.adam_bc2_sqrt = self.buffer[ROW_BC2_SQRT]
         self.state = {
             name: [torch.zeros_like(p, dtype=torch.float32) for p in binary]
             for name in _STATE_NAMES[family]
@@ -103,6 +109,11 @@ class StackedOptimizer:
         if adam_bc2_sqrt is not None:
             self.adam_bc2_sqrt.copy_(adam_bc2_sqrt, non_blocking=True)
 
+    def set_buffer(self, row: Tensor) -> None:
+        """Copy a whole ``[OPTIMIZER_ROWS, N]`` block (rows: ``HYPERPARAMETER_NAMES``, then
+        ``ROW_STEP_SIZE``, ``ROW_BC2_SQRT``) in one copy; the trainer's per-step tables."""
+        self.buffer.copy_(row, non_blocking=True)
+
     # ------------------------------------------------------------------ step
     @torch.no_grad()
     def step(self, count_mask: Tensor | None = None) -> None:
@@ -113,8 +124,10 @@ class StackedOptimizer:
 
     def _binary_step(self, count_mask: Tensor | None) -> None:
         n = self.n_trials
+        counts: list[Tensor] = []
         for index, param in enumerate(self.binary):
             if param.grad is None:
+                counts.append(self.flip_counts.new_zeros(n))
                 continue
             w = trial_view(param, n)
             g = trial_view(param.grad, n).to(torch.float32)
@@ -122,10 +135,12 @@ class StackedOptimizer:
             threshold = _broadcast(self.hyper["threshold"], w)
             flip = (w * score) > threshold
             w.mul_(torch.where(flip, -1.0, 1.0).to(w.dtype))
-            counts = flip.flatten(1).sum(1, dtype=torch.float64)
+            counts.append(flip.flatten(1).sum(1, dtype=torch.float64))
+        if counts:
+            stacked = torch.stack(counts, dim=1)  # [N, L]
             if count_mask is not None:
-                counts = counts * count_mask
-            self.flip_counts[:, index] += counts
+                stacked = stacked * count_mask[:, None]
+            self.flip_counts += stacked
 
     def _score(self, index: int, g: Tensor) -> Tensor:
         n = self.n_trials

@@ -50,7 +50,14 @@ from ..layers import binary_layers
 from ..models import build_model
 from ..schedules import schedule_value
 from .network import stack_models, trial_view, verify_stacking
-from .optim import BINARY_FAMILIES, HYPERPARAMETER_NAMES, StackedOptimizer
+from .optim import (
+    BINARY_FAMILIES,
+    HYPERPARAMETER_NAMES,
+    OPTIMIZER_ROWS,
+    ROW_BC2_SQRT,
+    ROW_STEP_SIZE,
+    StackedOptimizer,
+)
 
 __all__ = [
     "SHARED_FIELDS",
@@ -88,11 +95,12 @@ AUGMENT_PAD = 4
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-7
 _HYPER_INDEX = {name: i for i, name in enumerate(HYPERPARAMETER_NAMES)}
-# Rows of the per-step table: the hyperparameters, Adam's step size and sqrt(bc2), count mask.
-_ROW_STEP_SIZE = len(HYPERPARAMETER_NAMES)
-_ROW_BC2 = _ROW_STEP_SIZE + 1
-_ROW_COUNT = _ROW_STEP_SIZE + 2
-_ROWS = _ROW_STEP_SIZE + 3
+# Rows of the per-step table: the optimizer's buffer rows (hyperparameters, Adam's step size
+# and sqrt(bc2)), then the flip-count mask.
+_ROW_STEP_SIZE = ROW_STEP_SIZE
+_ROW_BC2 = ROW_BC2_SQRT
+_ROW_COUNT = OPTIMIZER_ROWS
+_ROWS = OPTIMIZER_ROWS + 1
 
 
 def _field(config: TrainConfig, name: str) -> Any:
@@ -396,8 +404,7 @@ class StackedTrainer:
         per_trial = F.cross_entropy(logits.float().permute(0, 2, 1), y, reduction="none").mean(0)
         self.optimizer.zero_grad()
         per_trial.sum().backward()
-        hyper = {name: row[i] for name, i in _HYPER_INDEX.items()}
-        self.optimizer.set_hyperparameters(hyper, row[_ROW_STEP_SIZE], row[_ROW_BC2])
+        self.optimizer.set_buffer(row[:OPTIMIZER_ROWS])
         self.optimizer.step(count_mask=row[_ROW_COUNT])
         correct = (logits.detach().argmax(-1) == y).sum(0)
         return per_trial.detach(), correct
