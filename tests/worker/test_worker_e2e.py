@@ -24,7 +24,11 @@ from worker_helpers import TINY, unique_name
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
 ROOT = Path(__file__).resolve().parents[2]
-HEARTBEAT = {"BNN_TUNE_HEARTBEAT_INTERVAL_S": "1", "BNN_TUNE_GRACE_PERIOD_S": "3"}
+HEARTBEAT = {
+    "BNN_TUNE_HEARTBEAT_INTERVAL_S": "1",
+    "BNN_TUNE_GRACE_PERIOD_S": "3",
+    "BNN_TUNE_ORPHAN_AFTER_S": "10",
+}
 
 
 def _free_port() -> int:
