@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bnn_core.config import ConfigError, OptimizerConfig, TrainConfig
+from bnn_core.config import ConfigError, OptimizerConfig, Schedule, TrainConfig
 from bnn_core.data import Dataset
 from bnn_core.layers import split_parameters
 from bnn_core.models import build_model
@@ -227,7 +227,7 @@ def test_training_steps_stacked_equal_solo_with_identical_batches() -> None:
             torch.testing.assert_close(a.float(), b.float(), atol=1e-5, rtol=1e-4, msg=key)
 
 
-def _digits_config(seed: int, **optimizer: float) -> TrainConfig:
+def _digits_config(seed: int, **optimizer: object) -> TrainConfig:
     return TrainConfig(
         model="mlp",
         dataset="digits",
@@ -240,9 +240,13 @@ def _digits_config(seed: int, **optimizer: float) -> TrainConfig:
 
 
 def test_train_stacked_matches_train_per_trial() -> None:
+    schedules = {
+        "gamma_schedule": Schedule(kind="linear", end_value=1e-4),
+        "threshold_schedule": Schedule(kind="staircase", factor=0.5, every_epochs=1),
+    }
     configs = [
         _digits_config(0, gamma=1e-3, threshold=1e-6),
-        _digits_config(1, gamma=1e-2, threshold=1e-7),
+        _digits_config(1, gamma=1e-2, threshold=1e-7, **schedules),
     ]
     options = {"hidden": 32}
     stacked = train_stacked(configs, model_options=options)
