@@ -118,6 +118,8 @@ class EpochRecorder:
         self.pruned = False
         self.stop_reason: str | None = None
         self.last: EpochMetrics | None = None
+        # should_prune() reads the trial back; skip that round trip when nothing can prune
+        self.can_prune = not isinstance(trial.study.pruner, optuna.pruners.NopPruner)
 
     def __call__(self, metrics: EpochMetrics) -> bool:
         self.last = metrics
@@ -126,7 +128,7 @@ class EpochRecorder:
         if self.report and math.isfinite(metrics.val_accuracy):
             step = metrics.epoch
             retry_db(lambda: self.trial.report(metrics.val_accuracy, step), "report")
-            if retry_db(self.trial.should_prune, "should_prune"):
+            if self.can_prune and retry_db(self.trial.should_prune, "should_prune"):
                 self.pruned = True
                 return True
         self.stop_reason = self.should_stop()
