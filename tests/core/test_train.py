@@ -16,6 +16,16 @@ from bnn_core.metrics import FlipCounter
 from bnn_core.train import TrainingDiverged, train
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # These nets are tiny: on the shared 2-core machines one intra-op thread is several times
+    # faster than two threads competing with other processes.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def digits():
     return load_dataset("digits")
