@@ -51,11 +51,13 @@ from service.spec import StudySpec
 from worker.control import Heartbeat
 from worker.objective import build_pruner, build_sampler
 from worker.settings import WorkerSettings, resolve_device
+from worker.stacked import run_stacked, stacking_slots
 from worker.trial import (
     STUDY_STOPPED,
     TRANSIENT_DB_ERRORS,
     VOLATILE_ATTRS,
     WORKER_TERMINATED,
+    TrialOutcome,
     prepare_trial,
     retry_db,
     tell_outcome,
@@ -202,7 +204,11 @@ class Worker:
             if trial is None:
                 self.maybe_complete(handle, row)
                 continue
-            self.run_claimed_trial(handle, trial)
+            device = self.trial_device(handle.spec)
+            if stacking_slots(handle.spec, device, self.settings.stack_on_cpu) > 1:
+                run_stacked(self, handle, trial)
+            else:
+                self.run_claimed_trial(handle, trial)
             return True
         return False
 
@@ -463,6 +469,10 @@ class Worker:
                 train_fn=self.train_fn,
             )
             tell_outcome(handle.study, trial, outcome, handle.retry_callback)
+        self.record(handle, trial, outcome)
+
+    def record(self, handle: StudyHandle, trial: optuna.Trial, outcome: TrialOutcome) -> None:
+        """Count and log a finished trial."""
         state = outcome.state.name
         self.stats.trials += 1
         self.stats.by_state[state] = self.stats.by_state.get(state, 0) + 1

@@ -32,6 +32,7 @@ class WorkerSettings(Settings):
     worker_max_trials: int | None = Field(None, ge=1, description="Exit after this many trials.")
     once: bool = Field(False, description="Exit when no study has work (tests, batch jobs).")
     reconnect_max_s: float = Field(30.0, gt=0, description="Cap of the reconnect backoff.")
+    stack_on_cpu: bool = Field(False, description="Stack trials_per_gpu trials on a CPU too.")
     orphan_after_s: float = Field(
         60.0,
         gt=0,

@@ -48,6 +48,8 @@ __all__ = [
     "train_trial",
     "tell_outcome",
     "enqueue_retry",
+    "outcome_of",
+    "error_text",
 ]
 
 logger = logging.getLogger(__name__)
@@ -172,11 +174,11 @@ def prepare_trial(
     return config
 
 
-def _error_text(exc: BaseException) -> str:
+def error_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"[:2000]
 
 
-def _outcome_of(
+def outcome_of(
     spec: StudySpec, recorder: EpochRecorder, result: TrainResult, seconds: float
 ) -> TrialOutcome:
     if recorder.stop_reason == WORKER_TERMINATED:
@@ -208,14 +210,14 @@ def train_trial(
         if train_fn is None:
             from bnn_core.train import train as train_fn
         result = train_fn(config, on_epoch_end=recorder)
-        outcome = _outcome_of(spec, recorder, result, time.perf_counter() - started)
+        outcome = outcome_of(spec, recorder, result, time.perf_counter() - started)
     except InfeasibleParams as exc:
         outcome = TrialOutcome(TrialState.PRUNED, error=str(exc), stop_reason="infeasible")
     except TRANSIENT_DB_ERRORS:
         raise
     except Exception as exc:  # noqa: BLE001 - a failing trial must never stop the worker
-        logger.warning("trial %s failed: %s", trial.number, _error_text(exc))
-        outcome = TrialOutcome(TrialState.FAIL, error=_error_text(exc))
+        logger.warning("trial %s failed: %s", trial.number, error_text(exc))
+        outcome = TrialOutcome(TrialState.FAIL, error=error_text(exc))
         _free_cuda_memory()
     outcome.seconds = time.perf_counter() - started
     outcome.epochs = recorder.epochs

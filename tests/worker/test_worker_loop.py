@@ -253,3 +253,49 @@ def test_a_leaked_claim_is_given_back(sqlite_url: str) -> None:
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
     row = study_row(sqlite_url, study_id)
     assert (row.status, row.n_claimed) == ("completed", 2)
+
+
+def test_median_pruner_prunes_bad_trials(sqlite_url: str) -> None:
+    study_id = new_study(
+        sqlite_url,
+        n_trials=8,
+        epochs=4,
+        search_space={"real_lr": {"choices": [0.001, 0.05]}},
+        sampler={"name": "random", "seed": 1},
+        pruner={"name": "median", "n_startup_trials": 2, "n_warmup_steps": 0},
+    )
+    run_study(study_id, worker_settings(sqlite_url), train_fn=fake_train())
+    trials = study_trials(sqlite_url, study_id)
+    pruned = [t for t in trials if t.state == TrialState.PRUNED]
+    assert pruned and all(t.params["real_lr"] == 0.001 for t in pruned)
+    assert all(t.user_attrs["stop_reason"] == "pruned" for t in pruned)
+    assert final_count(trials) == 8
+
+
+def test_stacked_trials_share_the_budget(sqlite_url: str) -> None:
+    study_id = new_study(sqlite_url, n_trials=5, epochs=2, trials_per_gpu=3)
+    stats = run_study(study_id, worker_settings(sqlite_url, stack_on_cpu=True))
+    trials = study_trials(sqlite_url, study_id)
+    assert stats.by_state == {"COMPLETE": 5} and len(trials) == 5
+    assert all(len(t.user_attrs["epochs"]) == 2 for t in trials)
+    assert all(t.intermediate_values and t.values[0] > 0 for t in trials)
+    row = study_row(sqlite_url, study_id)
+    assert (row.status, row.n_claimed) == ("completed", 5)
+
+
+def test_stacked_trials_stop_with_the_study(sqlite_url: str) -> None:
+    study_id = new_study(sqlite_url, n_trials=6, epochs=30, trials_per_gpu=2)
+    stop_after = time.monotonic() + 3
+
+    def stopper() -> None:
+        time.sleep(max(0.0, stop_after - time.monotonic()))
+        _set_status(sqlite_url, study_id, "stopping")
+
+    thread = threading.Thread(target=stopper)
+    thread.start()
+    run_study(study_id, worker_settings(sqlite_url, stack_on_cpu=True))
+    thread.join()
+    trials = study_trials(sqlite_url, study_id)
+    assert trials and all(t.state == TrialState.PRUNED for t in trials)
+    assert all(t.user_attrs["stop_reason"] == "study stopped" for t in trials)
+    assert study_row(sqlite_url, study_id).status == "stopped"
