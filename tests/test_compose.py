@@ -147,6 +147,7 @@ def test_dockerfiles() -> None:
     assert '".[train]"' in worker
 
 
+@pytest.mark.postgres
 def test_migrate_command(fresh_postgres_url: str) -> None:
     """The migrate service's command against a real PostgreSQL (idempotent: twice)."""
     env = {**os.environ, "BNN_TUNE_DATABASE_URL": fresh_postgres_url}
@@ -158,6 +159,7 @@ def test_migrate_command(fresh_postgres_url: str) -> None:
         assert "up to date" in result.stdout
 
 
+@pytest.mark.postgres
 def test_serve_command_answers_health(postgres_url: str) -> None:
     """The api service's command answers the healthcheck's URL."""
     port = free_port()

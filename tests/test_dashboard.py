@@ -17,6 +17,8 @@ import pytest
 
 from worker.cli import free_port
 
+pytestmark = [pytest.mark.postgres, pytest.mark.slow]
+
 BNN_TUNE = str(Path(sys.executable).parent / "bnn-tune")
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
