@@ -34,7 +34,7 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -252,15 +252,17 @@ class StackedTrainer:
 
     def _build(self, n: int, models: list[nn.Module] | None = None) -> None:
         config = self.reference
+        template = self._single_model(config)
+        check = self.verify if self.verify is not None else not isinstance(template, nn.Sequential)
         if models is None:
-            models = [self._single_model(config) for _ in range(n)]
+            # Placeholders (every slot is loaded before its first step); distinct weights
+            # when they are used to verify the stacking.
+            seeds = [replace(config, seed=config.seed + i) for i in range(n)]
+            models = [self._single_model(c) for c in seeds] if check else [template] * n
         network = stack_models(models).to(self.device)
         if config.channels_last:
             network = network.to(memory_format=torch.channels_last)
             network.channels_last = True
-        check = (
-            self.verify if self.verify is not None else not isinstance(models[0], nn.Sequential)
-        )
         if check:
             shape = self.data.input_shape
             example = torch.randn(2, n, *shape, device=self.device)
@@ -413,21 +415,23 @@ class StackedTrainer:
         start = time.perf_counter()
         self.network.train()
         order, offsets, flips, table = self._epoch_tables()
-        n = self.n_slots
-        loss_sum = torch.zeros(n, device=self.device)
-        correct = torch.zeros(n, dtype=torch.int64, device=self.device)
+        loss_sum = torch.zeros(self.n_slots, device=self.device)
+        correct = torch.zeros(self.n_slots, dtype=torch.int64, device=self.device)
         i = 0
         while i < self.steps_per_epoch:
+            out_of_memory = False
             try:
                 x, y = self._batch(order, offsets, flips, i)
                 losses, hits = self._step(x, y, table[i])
             except torch.cuda.OutOfMemoryError:
                 if self.n_slots == 1:
                     raise
+                out_of_memory = True
+            if out_of_memory:
+                # Outside the except block, so the traceback no longer pins the step's tensors.
                 loss_sum, correct, order, offsets, flips, table = self._back_off(
                     loss_sum, correct, order, offsets, flips, table
                 )
-                n = self.n_slots
                 continue
             loss_sum += losses
             correct += hits

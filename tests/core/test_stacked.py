@@ -357,3 +357,13 @@ def test_throughput_benchmark_quick_runs() -> None:
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "images/s" in proc.stdout and "stacked" in proc.stdout
+
+
+def test_non_sequential_resnet_is_verified_and_trains_stacked() -> None:
+    configs = [
+        dataclasses.replace(_digits_config(s, gamma=1e-3), model="resnet", epochs=1)
+        for s in range(2)
+    ]
+    results = train_stacked(configs, model_options={"width": 0.5})
+    assert [len(r.epochs) for r in results] == [1, 1]
+    assert all(np.isfinite(r.epochs[0].train_loss) for r in results)
