@@ -223,3 +223,31 @@ def test_device_loader_batches() -> None:
     x, y = next(iter(shuffled))
     # images still match their labels after shuffling
     torch.testing.assert_close(x[:, 0, 0, 0], (y * 4).float() / 127.5 - 1)
+
+
+def test_download_idx_and_cifar_from_file_urls(tmp_path: Path, monkeypatch) -> None:
+    # the real path fetches https://...; file:// URLs exercise the same urllib code offline
+    import tarfile
+
+    import bnn_core.data as data_module
+
+    source = tmp_path / "mirror"
+    source.mkdir()
+    x, _ = _fake_mnist(source, compress=True)
+    monkeypatch.setitem(data_module.IDX_URLS, "mnist", source.as_uri() + "/")
+    target = tmp_path / "mnist"
+    data = load_dataset("mnist", str(target), download=True)
+    np.testing.assert_array_equal(data.x_train[:, 0], x)
+    assert (target / "train-images-idx3-ubyte.gz").is_file()
+
+    _write_cifar(tmp_path / "src" / "cifar-10-batches-py")
+    archive = tmp_path / "cifar.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tmp_path / "src" / "cifar-10-batches-py", arcname="cifar-10-batches-py")
+    monkeypatch.setattr(data_module, "CIFAR_URL", archive.as_uri())
+    cifar = load_dataset("cifar10", str(tmp_path / "cifar"), download=True)
+    assert cifar.x_train.shape == (15, 3, 32, 32)
+
+    monkeypatch.setitem(data_module.IDX_URLS, "mnist", (tmp_path / "nothing").as_uri() + "/")
+    with pytest.raises(ConfigError, match="download"):
+        load_dataset("mnist", str(tmp_path / "other"), download=True)
