@@ -145,6 +145,7 @@ class Worker:
         self._status_cache: dict[int, tuple[float, str]] = {}
         self._waiting_reason: dict[int, str | None] = {}
         self._leaks: dict[tuple[int, int, int], float] = {}
+        self._dataset: tuple[tuple[Any, ...], Any] | None = None
 
     def _pool(self) -> dict[str, Any]:
         if self.settings.database_url.startswith("sqlite"):
@@ -466,10 +467,22 @@ class Worker:
                     download=self.settings.download,
                 ),
                 lambda: self.should_stop(handle),
-                train_fn=self.train_fn,
+                train_fn=self.train_fn or self.train_cached,
             )
             tell_outcome(handle.study, trial, outcome, handle.retry_callback)
         self.record(handle, trial, outcome)
+
+    def train_cached(self, config: Any, on_epoch_end: Any = None) -> Any:
+        """``bnn_core.train.train`` reusing the last loaded dataset (CIFAR-10 from disk costs
+        seconds per trial otherwise). Loading errors fail the trial like any other."""
+        from bnn_core.data import load_dataset
+        from bnn_core.train import train
+
+        key = (config.dataset, config.data_dir, config.download)
+        if self._dataset is None or self._dataset[0] != key:
+            self._dataset = None  # free the previous arrays before loading the next
+            self._dataset = (key, load_dataset(*key))
+        return train(config, on_epoch_end, dataset=self._dataset[1])
 
     def record(self, handle: StudyHandle, trial: optuna.Trial, outcome: TrialOutcome) -> None:
         """Count and log a finished trial."""

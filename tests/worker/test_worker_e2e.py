@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
-from worker_helpers import TINY, unique_name
+from worker_helpers import TINY, new_study, study_trials, unique_name
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
@@ -272,3 +272,24 @@ def test_workers_ride_out_a_database_outage(api: str, database: str, tmp_path: P
     assert all(len(t["epochs"]) == 4 for t in finals)
     logs = "".join((tmp_path / f"worker{i}.log").read_text() for i in range(2))
     assert "unavailable" in logs or "heartbeat of trial" in logs
+
+
+def test_sigterm_mid_trial_records_the_epoch_fails_for_retry_and_exits_0(
+    fresh_sqlite_url: str, tmp_path: Path
+) -> None:
+    study_id = new_study(fresh_sqlite_url, n_trials=2, epochs=50, max_train_samples=1000)
+    with workers(fresh_sqlite_url, 1, tmp_path) as procs:
+
+        def training() -> bool:
+            trials = study_trials(fresh_sqlite_url, study_id)
+            return any(t.user_attrs.get("epochs") for t in trials)
+
+        _wait(training, 60, "the worker never finished an epoch")
+        procs[0].send_signal(signal.SIGTERM)
+        assert procs[0].wait(timeout=30) == 0
+    failed, retry = study_trials(fresh_sqlite_url, study_id)
+    assert failed.state.name == "FAIL" and failed.user_attrs["error"] == "worker terminated"
+    assert 1 <= len(failed.user_attrs["epochs"]) < 50
+    assert len(failed.intermediate_values) == len(failed.user_attrs["epochs"])
+    assert retry.state.name == "WAITING" and retry.system_attrs["failed_trial"] == failed.number
+    assert retry.params == failed.params
