@@ -180,6 +180,17 @@ def test_serve_command_answers_health(postgres_url: str) -> None:
         process.wait(timeout=15)
 
 
+def test_worker_command_runs(fresh_sqlite_url: str) -> None:
+    """The worker service's command, for real: polls, finds no study, exits (--once)."""
+    pytest.importorskip("torch")
+    env = {**os.environ, "BNN_TUNE_DATABASE_URL": fresh_sqlite_url, "BNN_TUNE_DEVICE": "cpu"}
+    result = subprocess.run(
+        [BNN_TUNE, "worker", "--once"], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "polling" in result.stderr
+
+
 def test_worker_command_help() -> None:
     result = subprocess.run([BNN_TUNE, "worker", "--help"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
