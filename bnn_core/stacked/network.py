@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..binarize import ste_sign
-from ..layers import BinaryConv2d, BinaryLayer, BinaryLinear
+from ..layers import BinaryConv2d, BinaryLayer, BinaryLinear, SignActivation
 
 __all__ = [
     "StackedNetwork",
@@ -56,8 +56,31 @@ _CHANNELWISE = (
 )
 
 
+# Leaf modules whose output is still +-1 when their input is.
+_KEEPS_SIGN = (nn.Flatten, nn.MaxPool2d, nn.AdaptiveMaxPool2d, nn.Identity)
+
+
 class StackingError(TypeError):
     """The models cannot be fused (different structure, or a module we cannot stack)."""
+
+
+class _PrecisionMixin:
+    """Under autocast, run in bf16 only where that is exact: a binary layer whose input is the
+    output of a ``SignActivation`` (+-1 x +-1 products; ``stack_models`` sets
+    ``low_precision``). Other layers (the first layer, which sees real-valued pixels, and real
+    convolutions/linears) run in fp32 with autocast disabled."""
+
+    low_precision: bool = False
+
+    def _call(self, x: Tensor) -> Tensor:
+        device_type = x.device.type
+        if not self.low_precision and torch.is_autocast_enabled(device_type):
+            with torch.autocast(device_type=device_type, enabled=False):
+                return self._forward(x.float())
+        return self._forward(x)
+
+    def _forward(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
 
 
 def trial_view(tensor: Tensor, n_trials: int) -> Tensor:
@@ -65,7 +88,7 @@ def trial_view(tensor: Tensor, n_trials: int) -> Tensor:
     return tensor.unflatten(0, (n_trials, -1))
 
 
-class StackedBinaryConv2d(BinaryLayer):
+class StackedBinaryConv2d(_PrecisionMixin, BinaryLayer):
     """N binary convolutions as one grouped convolution; ``weight`` is ``[N*Cout, Cin, k, k]``."""
 
     def __init__(self, n_trials: int, single: BinaryConv2d, weight: Tensor) -> None:
@@ -80,6 +103,9 @@ class StackedBinaryConv2d(BinaryLayer):
         self.weight = nn.Parameter(weight, requires_grad=single.weight.requires_grad)
 
     def forward(self, x: Tensor) -> Tensor:
+        return self._call(x)
+
+    def _forward(self, x: Tensor) -> Tensor:
         weight = self.binary_weight().to(x.dtype)
         return F.conv2d(x, weight, stride=self.stride, padding=self.padding, groups=self.n_trials)
 
@@ -103,7 +129,7 @@ def _batched_linear(x: Tensor, weight: Tensor, bias: Tensor | None, n_trials: in
     return out.transpose(0, 1).reshape(batch, -1)
 
 
-class StackedBinaryLinear(BinaryLayer):
+class StackedBinaryLinear(_PrecisionMixin, BinaryLayer):
     """N binary linear layers as one batched matmul; ``weight`` is ``[N*O, F]``."""
 
     def __init__(self, n_trials: int, single: BinaryLinear, weight: Tensor) -> None:
@@ -115,6 +141,9 @@ class StackedBinaryLinear(BinaryLayer):
         self.weight = nn.Parameter(weight, requires_grad=single.weight.requires_grad)
 
     def forward(self, x: Tensor) -> Tensor:
+        return self._call(x)
+
+    def _forward(self, x: Tensor) -> Tensor:
         weight = ste_sign(self.weight) if self.latent else self.weight
         return _batched_linear(x, weight, None, self.n_trials)
 
@@ -122,7 +151,7 @@ class StackedBinaryLinear(BinaryLayer):
         return f"n_trials={self.n_trials}, {self.in_features}, {self.out_features}"
 
 
-class StackedLinear(nn.Module):
+class StackedLinear(_PrecisionMixin, nn.Module):
     """N real ``nn.Linear`` layers; ``weight`` ``[N*O, F]``, ``bias`` ``[N*O]``."""
 
     def __init__(self, n_trials: int, single: nn.Linear, weight: Tensor, bias: Tensor | None):
@@ -134,7 +163,20 @@ class StackedLinear(nn.Module):
         self.bias = None if bias is None else nn.Parameter(bias, requires_grad=True)
 
     def forward(self, x: Tensor) -> Tensor:
+        return self._call(x)
+
+    def _forward(self, x: Tensor) -> Tensor:
         return _batched_linear(x, self.weight, self.bias, self.n_trials)
+
+
+class StackedConv2d(_PrecisionMixin, nn.Conv2d):
+    """N real convolutions as one grouped ``nn.Conv2d`` (fp32 under autocast)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._call(x)
+
+    def _forward(self, x: Tensor) -> Tensor:
+        return super().forward(x)
 
 
 def _cat(tensors: list[Tensor]) -> Tensor:
@@ -181,7 +223,7 @@ def _stack_conv(mods: list[nn.Module]) -> nn.Module:
     if isinstance(first, BinaryConv2d):
         return StackedBinaryConv2d(n_trials, first, weight)
     assert isinstance(first, nn.Conv2d)
-    stacked = nn.Conv2d(
+    stacked = StackedConv2d(
         first.in_channels * n_trials,
         first.out_channels * n_trials,
         first.kernel_size,
@@ -241,7 +283,7 @@ def _stack_module(mods: list[nn.Module], path: str) -> nn.Module:
         if first.start_dim != 1 or first.end_dim != -1:
             raise StackingError(f"{path}: only Flatten(1, -1) is stackable")
         return copy.deepcopy(first)
-    if isinstance(first, _CHANNELWISE) or type(first).__name__ == "SignActivation":
+    if isinstance(first, (*_CHANNELWISE, SignActivation)):
         return copy.deepcopy(first)
     if first._parameters or first._buffers:
         raise StackingError(
@@ -317,6 +359,19 @@ class StackedNetwork(nn.Module):
         return model
 
 
+def _mark_low_precision(body: nn.Module) -> None:
+    """``low_precision`` = binary layer fed directly by a SignActivation (module order)."""
+    after_sign = False
+    for module in body.modules():
+        if isinstance(module, SignActivation):
+            after_sign = True
+        elif isinstance(module, _PrecisionMixin):
+            module.low_precision = after_sign and isinstance(module, BinaryLayer)
+            after_sign = False
+        elif not module._modules and not isinstance(module, _KEEPS_SIGN):
+            after_sign = False  # e.g. BatchNorm or average pooling: no longer +-1
+
+
 def stack_models(models: list[nn.Module]) -> StackedNetwork:
     """Fuse N models of identical structure (same class, same shapes) into one network.
 
@@ -328,6 +383,7 @@ def stack_models(models: list[nn.Module]) -> StackedNetwork:
     if not models:
         raise StackingError("models: need at least one model")
     body = _stack_module(list(models), "")
+    _mark_low_precision(body)
     template = copy.deepcopy(models[0])
     return StackedNetwork(body, template, len(models))
 

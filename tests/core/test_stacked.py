@@ -367,3 +367,29 @@ def test_non_sequential_resnet_is_verified_and_trains_stacked() -> None:
     results = train_stacked(configs, model_options={"width": 0.5})
     assert [len(r.epochs) for r in results] == [1, 1]
     assert all(np.isfinite(r.epochs[0].train_loss) for r in results)
+
+
+def test_bf16_autocast_only_where_exact() -> None:
+    """Under autocast the first layer (real pixels) stays fp32; binary layers fed by a sign run
+    in bf16, and their +-1 x +-1 sums equal the fp32 ones (rounded to bf16)."""
+    models = make_models("binarynet", 2)
+    network = stack_models(models).eval()
+    layers = dict(network.body.named_children())
+    assert not layers["0"].low_precision and layers["3"].low_precision
+    x = torch.randn(4, 2, 3, 32, 32)
+    outputs: dict[str, torch.Tensor] = {}
+    hooks = [
+        layers[k].register_forward_hook(lambda m, i, o, k=k: outputs.__setitem__(k, o))
+        for k in ("0", "3")
+    ]
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        network(x)
+    assert outputs["0"].dtype == torch.float32 and outputs["3"].dtype == torch.bfloat16
+    signs = torch.where(torch.randn(4, 2 * 8, 30, 30) >= 0, 1.0, -1.0)
+    with torch.no_grad():
+        exact = layers["3"](signs)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = layers["3"](signs)
+    assert torch.equal(low, exact.to(torch.bfloat16))
+    for hook in hooks:
+        hook.remove()
