@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..devices import autocast
+from ..devices import autocast, resolve_device
 from ..models import build_model
 from .network import stack_models
 from .optim import _STATE_NAMES, StackedOptimizer
@@ -106,8 +106,9 @@ def choose_slots(
     model_options: dict[str, Any] | None = None,
     headroom: float = 0.8,
 ) -> int:
-    """The number of slots N (1..max_slots) that fits the free memory of ``device``."""
-    device = torch.device(device)
+    """The number of slots N (1..max_slots) that fits the free memory of ``device``
+    (``cpu``, ``cuda[:i]`` or ``auto``); ``max_slots`` on the CPU."""
+    device = resolve_device(device) if isinstance(device, str) else device
     if device.type != "cuda":
         return max(1, max_slots)
     free, _ = torch.cuda.mem_get_info(device)

@@ -344,6 +344,8 @@ def test_augmented_binarynet_trains_stacked() -> None:
 
 def test_choose_slots_on_cpu_returns_the_cap() -> None:
     assert choose_slots("mlp", (1, 8, 8), 50, "cpu", max_slots=8) == 8
+    if not torch.cuda.is_available():
+        assert choose_slots("mlp", (1, 8, 8), 50, "auto", max_slots=3) == 3
 
 
 def test_throughput_benchmark_quick_runs() -> None:
