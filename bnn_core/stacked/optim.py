@@ -163,9 +163,9 @@ class StackedOptimizer:
     def _adam_step(self) -> None:
         n = self.n_trials
         beta1, beta2 = self.betas
-        for param, exp_avg, exp_avg_sq in zip(
-            self.real, self.exp_avg, self.exp_avg_sq, strict=True
-        ):
+        neg_step_size = -self.adam_step_size
+        moments = zip(self.real, self.exp_avg, self.exp_avg_sq, strict=True)
+        for param, exp_avg, exp_avg_sq in moments:
             if param.grad is None:
                 continue
             p = trial_view(param, n)
@@ -175,7 +175,7 @@ class StackedOptimizer:
             m.lerp_(g, 1 - beta1)
             v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
             denom = (v.sqrt() / _broadcast(self.adam_bc2_sqrt, v)).add_(self.adam_eps)
-            p.addcdiv_(m * _broadcast(-self.adam_step_size, m), denom)
+            p.addcdiv_(m * _broadcast(neg_step_size, m), denom)
 
     def zero_grad(self) -> None:
         for param in self.binary + self.real:
