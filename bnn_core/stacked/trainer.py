@@ -90,7 +90,7 @@ SHARED_FIELDS = (
     "optimizer.name",
 )
 EVAL_BATCH_SIZE = 1000  # per trial, capped so that one chunk holds <= EVAL_IMAGES images
-EVAL_IMAGES = 8192
+EVAL_IMAGES = 2048
 AUGMENT_PAD = 4
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-7
@@ -526,15 +526,39 @@ class StackedTrainer:
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
-    def _evaluate(self, index: Tensor, x_all: Tensor | None = None, y_all: Tensor | None = None):
-        """Per-trial (mean CE, accuracy) over ``index`` ([V, N] rows into the data)."""
+    def _evaluate(
+        self, index: Tensor, x_all: Tensor | None = None, y_all: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Per-trial (mean CE, accuracy) over ``index`` ([V, N] rows into the data).
+
+        Chunks hold at most ``EVAL_IMAGES`` images over all trials; a CUDA OOM halves them.
+        """
         x_all = self.x_train if x_all is None else x_all
         y_all = self.y_train if y_all is None else y_all
+        chunk = max(1, min(EVAL_BATCH_SIZE, EVAL_IMAGES // self.n_slots))
         self.network.eval()
+        try:
+            while True:
+                out_of_memory = False
+                try:
+                    return self._evaluate_chunks(index, x_all, y_all, chunk)
+                except torch.cuda.OutOfMemoryError:
+                    if chunk == 1:
+                        raise
+                    out_of_memory = True
+                if out_of_memory:
+                    chunk //= 2
+                    torch.cuda.empty_cache()
+        finally:
+            self.network.train()
+
+    @torch.no_grad()
+    def _evaluate_chunks(
+        self, index: Tensor, x_all: Tensor, y_all: Tensor, chunk: int
+    ) -> tuple[Tensor, Tensor]:
         n = self.n_slots
         loss = torch.zeros(n, device=self.device)
         hits = torch.zeros(n, dtype=torch.int64, device=self.device)
-        chunk = max(1, min(EVAL_BATCH_SIZE, EVAL_IMAGES // n))
         for lo in range(0, index.shape[0], chunk):
             rows = index[lo : lo + chunk]
             x, y = normalize(x_all[rows]), y_all[rows]
@@ -543,7 +567,6 @@ class StackedTrainer:
             ce = F.cross_entropy(logits.float().permute(0, 2, 1), y, reduction="none")
             loss += ce.sum(0)
             hits += (logits.argmax(-1) == y).sum(0)
-        self.network.train()
         count = max(index.shape[0], 1)
         return loss / count, hits.double() / count
 

@@ -306,12 +306,23 @@ def test_cuda_oom_halves_the_slots_and_finishes_every_trial(monkeypatch) -> None
             raise torch.cuda.OutOfMemoryError("simulated")
         return original(self, x, y, row)
 
+    evaluate = StackedTrainer._evaluate_chunks
+    chunks: list[int] = []
+
+    def flaky_eval(self, index, x, y, chunk):  # noqa: ANN001, ANN202
+        chunks.append(chunk)
+        if len(chunks) == 1:
+            raise torch.cuda.OutOfMemoryError("simulated")
+        return evaluate(self, index, x, y, chunk)
+
     monkeypatch.setattr(StackedTrainer, "_step", flaky)
+    monkeypatch.setattr(StackedTrainer, "_evaluate_chunks", flaky_eval)
     configs = [_digits_config(s) for s in range(4)]
     queue = list(configs)
     results = trainer.run(lambda: (queue.pop(0), None) if queue else None)
     assert trainer.oom_backoffs == 1 and trainer.n_slots == 2
     assert len(results) == 4 and all(len(r.epochs) == 2 for r in results)
+    assert chunks[1] == chunks[0] // 2  # evaluation retried with half-size chunks
 
 
 def test_augmented_binarynet_trains_stacked() -> None:
