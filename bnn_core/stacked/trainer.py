@@ -225,6 +225,9 @@ class StackedTrainer:
     def _setup(self, config: TrainConfig) -> None:
         check_stackable([config])
         self.device = resolve_device(config.device)
+        if self.device.type == "cuda":
+            # Shapes are static (fixed N and batch): let cuDNN pick the fastest grouped kernels.
+            torch.backends.cudnn.benchmark = True
         data = self.dataset or load_dataset(config.dataset, config.data_dir, config.download)
         self.data = data
         self.x_train = torch.from_numpy(np.ascontiguousarray(data.x_train)).to(self.device)
