@@ -583,15 +583,16 @@ class StackedTrainer:
 
     # ------------------------------------------------------------------ resizing
     def _capture(self, index: int) -> tuple[nn.Module, dict[str, Tensor]]:
-        model = self.network.export_trial(index)
+        # On the host: an OOM back-off must free device memory, not double it.
+        model = self.network.export_trial(index).cpu()
         state = {}
         opt = self.optimizer
         named = {f"s.{k}.{i}": t for k, ts in opt.state.items() for i, t in enumerate(ts)}
         named.update({f"a.{i}": t for i, t in enumerate(opt.exp_avg)})
         named.update({f"b.{i}": t for i, t in enumerate(opt.exp_avg_sq)})
         for key, tensor in named.items():
-            state[key] = trial_view(tensor, self.n_slots)[index].clone()
-        state["flips"] = opt.flip_counts[index].clone()
+            state[key] = trial_view(tensor, self.n_slots)[index].to("cpu", copy=True)
+        state["flips"] = opt.flip_counts[index].to("cpu", copy=True)
         return model, state
 
     def _restore_state(self, index: int, state: dict[str, Tensor]) -> None:
@@ -617,12 +618,11 @@ class StackedTrainer:
             slot = slots[i]
             if slot is not None:
                 model, state = captured[i]
-                cpu_state = {k: v.cpu() for k, v in state.items()}
-                self._parked.append(_Parked(slot, model.cpu(), cpu_state))
+                self._parked.append(_Parked(slot, model, state))
         del self.forward, self.optimizer, self.network
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
-        self._build(len(keep), [captured[i][0] for i in keep])
+        self._build(len(keep), [captured[i][0].to(self.device) for i in keep])
         self.slots = [None] * len(keep)
         for new, old in enumerate(keep):
             slot = slots[old]
