@@ -293,6 +293,12 @@ def test_freed_slots_are_refilled_until_next_trial_is_exhausted() -> None:
     assert [r.config.seed for r in results] == [0, 1, 2, 3, 4]
     assert results[1].stopped_early and len(results[1].epochs) == 1
     assert all(len(r.epochs) == 2 and not r.stopped_early for i, r in enumerate(results) if i != 1)
+    # Once exhausted the idle slot was dropped (N 2 -> 1) mid-trial; trial 4 is unaffected.
+    assert trainer.n_slots == 1
+    solo = train(_digits_config(4), model_options={"hidden": 16})
+    for a, b in zip(results[4].epochs, solo.epochs, strict=True):
+        assert a.train_loss == pytest.approx(b.train_loss, rel=1e-4, abs=1e-5)
+        assert a.val_loss == pytest.approx(b.val_loss, rel=1e-4, abs=1e-5)
 
 
 def test_cuda_oom_halves_the_slots_and_finishes_every_trial(monkeypatch) -> None:  # noqa: ANN001
