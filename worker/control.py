@@ -48,7 +48,9 @@ class Heartbeat:
         try:
             self._storage.record_heartbeat(self._trial_id)  # type: ignore[attr-defined]
         except Exception as exc:  # noqa: BLE001 - a missed beat is retried at the next one
-            logger.warning("heartbeat of trial %s failed: %s", self._trial_id, exc)
+            from worker.trial import db_error_text
+
+            logger.warning("heartbeat of trial %s failed: %s", self._trial_id, db_error_text(exc))
             return False
         return True
 

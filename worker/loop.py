@@ -58,6 +58,7 @@ from worker.trial import (
     VOLATILE_ATTRS,
     WORKER_TERMINATED,
     TrialOutcome,
+    db_error_text,
     prepare_trial,
     retry_db,
     tell_outcome,
@@ -164,7 +165,9 @@ class Worker:
                 delay = 1.0
             except TRANSIENT_DB_ERRORS as exc:
                 self.stats.db_errors += 1
-                logger.warning("database unavailable (%s); retrying in %.0fs", exc, delay)
+                logger.warning(
+                    "database unavailable (%s); retrying in %.0fs", db_error_text(exc), delay
+                )
                 self.stop.wait(delay)
                 delay = min(delay * 2, self.settings.reconnect_max_s)
                 continue

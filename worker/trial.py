@@ -48,6 +48,7 @@ __all__ = [
     "train_trial",
     "tell_outcome",
     "enqueue_retry",
+    "db_error_text",
     "outcome_of",
     "error_text",
 ]
@@ -77,9 +78,20 @@ def retry_db(fn: Callable[[], T], what: str, timeout_s: float = 300.0) -> T:
         except TRANSIENT_DB_ERRORS as exc:
             if time.monotonic() + delay > deadline:
                 raise
-            logger.warning("%s: database unavailable (%s); retrying in %.1fs", what, exc, delay)
+            logger.warning(
+                "%s: database unavailable (%s); retrying in %.1fs", what, db_error_text(exc), delay
+            )
             time.sleep(delay)
             delay = min(delay * 2, 5.0)
+
+
+def db_error_text(exc: BaseException) -> str:
+    """The first line of the root cause (Optuna wraps driver errors in a generic message)."""
+    cause: BaseException = exc
+    while cause.__cause__ is not None:
+        cause = cause.__cause__
+    lines = str(cause).strip().splitlines() or [type(cause).__name__]
+    return f"{type(cause).__name__}: {lines[0][:200]}"
 
 
 @dataclass

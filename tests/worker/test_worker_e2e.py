@@ -256,20 +256,21 @@ def test_workers_ride_out_a_database_outage(api: str, database: str, tmp_path: P
     proxy = TcpProxy(("127.0.0.1", 5432))
     proxied = database.replace("@127.0.0.1:5432/", f"@127.0.0.1:{proxy.port}/")
     assert proxied != database
-    study_id = _submit(api, n_trials=n_trials, epochs=4, max_train_samples=1000)
+    study_id = _submit(api, n_trials=n_trials, epochs=15, max_train_samples=1000)
     with workers(proxied, 2, tmp_path) as procs:
 
         def some_done() -> bool:
             return _study(api, study_id)["progress"]["n_complete"] >= 1
 
         _wait(some_done, 60, "no trial completed before the outage")
+        assert _study(api, study_id)["status"] == "running"
         proxy.cut()
         time.sleep(4)
         proxy.restore()
         trials = _check_budget(api, study_id, n_trials)
         assert all(proc.poll() is None for proc in procs), "a worker died during the outage"
     finals = [t for t in trials if t["state"] == "COMPLETE"]
-    assert all(len(t["epochs"]) == 4 for t in finals)
+    assert all(len(t["epochs"]) == 15 for t in finals)
     logs = "".join((tmp_path / f"worker{i}.log").read_text() for i in range(2))
     assert "unavailable" in logs or "heartbeat of trial" in logs
 
