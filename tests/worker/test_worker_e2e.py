@@ -163,7 +163,10 @@ def test_two_workers_share_the_budget_and_survive_a_sigkill(
         def running_trial() -> dict[str, Any] | None:
             for trial in _trials(api, study_id):
                 owner = trial["user_attrs"].get("worker_id")
-                if trial["state"] == "RUNNING" and owner == "e2e-0":
+                # Kill it while it trains, i.e. once all its params are sampled; a kill during
+                # sampling leaves a partial param set, which the retry completes by sampling.
+                sampled = "train_config" in trial["user_attrs"]
+                if trial["state"] == "RUNNING" and owner == "e2e-0" and sampled:
                     return trial
             return None
 
