@@ -29,7 +29,6 @@ GPU memory. ``train_stacked(configs, callbacks)`` is the one-shot form.
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from collections import deque
@@ -309,9 +308,10 @@ class StackedTrainer:
         train_idx, val_idx = split_indices(
             len(self.data.y_train), config.val_fraction, config.seed, config.max_train_samples
         )
-        # The schedules of bnn_core.optim's pair, evaluated per trial at the trial's step.
+        # The schedules of bnn_core.optim's pair (they do not depend on the model, so an empty
+        # one will do), evaluated per trial at the trial's own step.
         scheduled = build_optimizer(
-            copy.deepcopy(model), config.optimizer, self.steps_per_epoch, config.epochs
+            nn.Module(), config.optimizer, self.steps_per_epoch, config.epochs
         ).scheduled
         slot = _Slot(
             order=self._handed_out,
