@@ -16,8 +16,11 @@ defaults. Leaving ``search_space`` out uses :data:`DEFAULT_SEARCH_SPACES` (scien
 
 The ``filter`` family needs ``alpha <= gamma``. The spec rejects it when it can never hold (both
 fixed, or the lowest possible alpha above the highest possible gamma). When the ranges overlap,
-the worker samples ``gamma`` first, then ``alpha``, and REJECTS a sample with ``alpha > gamma``:
-the trial ends PRUNED without training, with user_attr ``error = "alpha > gamma"``.
+the worker samples ``gamma`` first and then ``alpha`` from its range clipped to
+``high = min(alpha.high, gamma)`` (a fixed alpha raises gamma's ``low`` instead), so sampled
+trials satisfy the constraint. Only when no valid alpha exists for the sampled gamma (gamma below
+alpha's lowest value, or every alpha choice above gamma) does the trial end PRUNED without
+training, with user_attr ``error = "alpha > gamma"`` (see ``worker.objective``).
 
 Semantics for the worker (names are Optuna parameter names):
 

@@ -91,7 +91,7 @@ def test_filter_overlapping_ranges_are_accepted() -> None:
             },
         }
     )
-    assert spec.space["alpha"].high > spec.space["gamma"].low  # the worker rejects alpha > gamma
+    assert spec.space["alpha"].high > spec.space["gamma"].low  # the worker clips alpha to <= gamma
 
 
 def test_grid_sampler_needs_discrete_space() -> None:
