@@ -237,9 +237,10 @@ def test_embedded_demo_spec_is_the_example(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from service.spec import load_spec, parse_spec
-    from worker import cli
+    from worker.cli import demo
 
     example = load_spec(ROOT / "examples" / "digits-bop.yaml")
-    assert parse_spec(cli.EMBEDDED_DEMO_SPEC) == example
-    monkeypatch.setattr(cli, "DEFAULT_DEMO_SPEC", tmp_path / "missing.yaml")
-    assert load_spec(cli._default_demo_spec(tmp_path / "out")) == example
+    assert demo.DEFAULT_DEMO_SPEC == ROOT / "examples" / "digits-bop.yaml"
+    assert parse_spec(demo.EMBEDDED_DEMO_SPEC) == example
+    monkeypatch.setattr(demo, "DEFAULT_DEMO_SPEC", tmp_path / "missing.yaml")
+    assert load_spec(demo._default_demo_spec(tmp_path / "out")) == example
