@@ -96,7 +96,8 @@ def sgd_to_filter(
       with ``m0 = x0 = -wd theta0``.
 
     Raises ``ValueError`` when no real filter exists: ``weight_decay == 0`` (the latent weight is
-    then a pure integrator, science.md 3.3d) or complex roots (strongly under-damped momentum).
+    then a pure integrator, science.md 3.3d), complex roots (strongly under-damped momentum), or
+    a rate outside (0, 1] (``lr * weight_decay`` too large: the latent weight oscillates).
     """
     if not (math.isfinite(lr) and lr > 0):
         raise ValueError(f"Invalid lr: {lr!r} (must be > 0)")
@@ -112,8 +113,14 @@ def sgd_to_filter(
         params = FilterParameters(alpha=rate, gamma=1.0 - momentum)
     else:
         params = _coupled_roots(rate, momentum)
-    if not 0 < params.alpha <= 1:
-        raise ValueError(f"Invalid lr * weight_decay: alpha = {params.alpha!r} is not in (0, 1]")
+    for name, value in params._asdict().items():
+        # Coupled L2 with lr * wd > 1 gives the pole 1 - gamma < 0 (the latent weight
+        # oscillates in sign); CEMA accepts only rates in (0, 1].
+        if not 0 < value <= 1:
+            raise ValueError(
+                f"Invalid lr * weight_decay: {name} = {value!r} is not in (0, 1] "
+                f"(lr * weight_decay = {rate!r})"
+            )
     return params
 
 

@@ -196,3 +196,14 @@ def test_sgd_to_filter_without_weight_decay_has_no_finite_alpha(decoupled: bool)
 def test_sgd_to_filter_rejects_complex_poles() -> None:
     with pytest.raises(ValueError, match="momentum"):
         sgd_to_filter(1.0, 0.99, 0.01, decoupled=False)
+
+
+@pytest.mark.parametrize("decoupled", [True, False])
+def test_sgd_to_filter_rejects_rates_that_cema_cannot_take(decoupled: bool) -> None:
+    # lr * wd = 2, mu = 0: coupled SGD is theta <- -theta - lr g, a pole at 1 - 2 = -1.
+    # The roots of z^2 - 3z + 2 are 1 and 2, so gamma = 2 (decoupled: alpha = 2); CEMA
+    # refuses both, and so must the mapping.
+    with pytest.raises(ValueError, match="lr \\* weight_decay"):
+        sgd_to_filter(2.0, 0.0, 1.0, decoupled=decoupled)
+    with pytest.raises(ValueError, match="gamma"):
+        CEMA([nn.Parameter(torch.ones(1))], alpha=1.0, gamma=2.0)
