@@ -5,9 +5,11 @@
 * ``mlp``: a three-layer binary perceptron (digits, MNIST-sized inputs).
 * ``conv-small``: a small binary conv net for 8x8 and 28x28 inputs.
 
-Every binary layer has +-1 weights and no bias; every BatchNorm follows Keras defaults
-(``eps=1e-3``, PyTorch ``momentum=0.01``) with the scale frozen at 1 (Keras ``scale=False``),
-so only the shift beta is a real trainable parameter. The sequential models are a plain
+Every binary layer has +-1 weights and no bias. The BatchNorms of the sequential models follow
+BinaryNet's Keras defaults (``eps=1e-3``, PyTorch ``momentum=0.01``) with the scale frozen at 1
+(Keras ``scale=False``), so only the shift beta is a real trainable parameter. The ``resnet``
+follows Bi-Real Net's Keras BatchNorm instead: ``momentum=0.8`` (PyTorch ``0.2``), ``eps=1e-3``
+and a trainable scale (science.md 1.5). The sequential models are a plain
 ``nn.Sequential`` of BinaryConv2d/BinaryLinear/BatchNorm/MaxPool2d/Flatten/SignActivation so
 that ``bnn_core.stacked`` can fuse several copies.
 """
@@ -29,6 +31,8 @@ InputShape = tuple[int, int, int]
 
 BN_EPS = 1e-3
 BN_MOMENTUM = 0.01
+# Bi-Real Net's Keras BatchNormalization(momentum=0.8): PyTorch momentum = 1 - 0.8.
+BIREAL_BN_MOMENTUM = 0.2
 
 
 def batch_norm(channels: int, dims: int = 2) -> nn.Module:
@@ -37,6 +41,11 @@ def batch_norm(channels: int, dims: int = 2) -> nn.Module:
     bn = cls(channels, eps=BN_EPS, momentum=BN_MOMENTUM)
     bn.weight.requires_grad_(False)
     return bn
+
+
+def birealnet_batch_norm(channels: int) -> nn.BatchNorm2d:
+    """Bi-Real Net's Keras BatchNorm (momentum 0.8, eps 1e-3, trainable scale) in PyTorch."""
+    return nn.BatchNorm2d(channels, eps=BN_EPS, momentum=BIREAL_BN_MOMENTUM)
 
 
 def _scaled(channels: int, width: float) -> int:
@@ -147,14 +156,14 @@ class BiRealBlock(nn.Module):
         super().__init__()
         self.sign = SignActivation("approx_sign")
         self.conv = BinaryConv2d(in_channels, out_channels, 3, stride=stride, padding=1)
-        self.bn = nn.BatchNorm2d(out_channels, eps=BN_EPS)
+        self.bn = birealnet_batch_norm(out_channels)
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or in_channels != out_channels:
             pool: nn.Module = nn.AvgPool2d(stride) if stride != 1 else nn.Identity()
             self.shortcut = nn.Sequential(
                 pool,
                 nn.Conv2d(in_channels, out_channels, 1, bias=False),
-                nn.BatchNorm2d(out_channels, eps=BN_EPS),
+                birealnet_batch_norm(out_channels),
             )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -176,7 +185,7 @@ class BinaryResNet(nn.Module):
         widths = [_scaled(c, width) for c in stages]
         self.stem = nn.Sequential(
             nn.Conv2d(input_shape[0], widths[0], 3, padding=1, bias=False),
-            nn.BatchNorm2d(widths[0], eps=BN_EPS),
+            birealnet_batch_norm(widths[0]),
         )
         blocks: list[nn.Module] = []
         channels = widths[0]

@@ -122,6 +122,18 @@ def test_resnet_has_real_stem_shortcut_and_classifier() -> None:
     assert quantizers == {"approx_sign"}
 
 
+def test_resnet_batch_norms_are_birealnet_keras_conversions() -> None:
+    # Bi-Real Net (science.md 1.5): Keras BatchNormalization(momentum=0.8), default eps 1e-3
+    # and scale=True, i.e. PyTorch momentum 1 - 0.8 = 0.2 with a trainable scale.
+    model = build_model("resnet", (3, 32, 32), 10)
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert len(norms) == 1 + 6 + 2  # stem, one per binary unit, two downsampling shortcuts
+    for bn in norms:
+        assert bn.eps == 1e-3
+        assert bn.momentum == pytest.approx(1 - 0.8)
+        assert bn.weight.requires_grad and bn.bias.requires_grad
+
+
 def test_binary_weights_are_pm_one_at_init() -> None:
     for name in MODEL_NAMES:
         shape = (3, 32, 32)
