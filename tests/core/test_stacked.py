@@ -284,7 +284,7 @@ def test_freed_slots_are_refilled_until_next_trial_is_exhausted() -> None:
         seed = len(handed)
         handed.append(seed)
         stop_after_one = seed == 1  # pruned after its first epoch
-        return _digits_config(seed), (lambda m: stop_after_one)
+        return _slot_config(seed), (lambda m: stop_after_one)
 
     trainer = StackedTrainer(2, model_options={"hidden": 16})
     results = trainer.run(next_trial, on_trial_end=lambda r, e: ended.append(r.config.seed))
@@ -295,10 +295,30 @@ def test_freed_slots_are_refilled_until_next_trial_is_exhausted() -> None:
     assert all(len(r.epochs) == 2 and not r.stopped_early for i, r in enumerate(results) if i != 1)
     # Once exhausted the idle slot was dropped (N 2 -> 1) mid-trial; trial 4 is unaffected.
     assert trainer.n_slots == 1
-    solo = train(_digits_config(4), model_options={"hidden": 16})
+    # Trial 4 runs in a slot that already trained trials 1 and 2: its schedules (and Adam's
+    # bias correction) must start again from its own step 0, as they do when it trains alone.
+    solo = train(_slot_config(4), model_options={"hidden": 16})
     for a, b in zip(results[4].epochs, solo.epochs, strict=True):
         assert a.train_loss == pytest.approx(b.train_loss, rel=1e-4, abs=1e-5)
         assert a.val_loss == pytest.approx(b.val_loss, rel=1e-4, abs=1e-5)
+        assert a.hyperparameters == pytest.approx(b.hyperparameters, rel=1e-12)
+    # Hand-computed: 7 steps per epoch (360 // 50), so the last step of epoch e is 7e - 1.
+    assert [e.hyperparameters["gamma"] for e in results[4].epochs] == pytest.approx(
+        [1e-2, 5e-3], rel=1e-12
+    )
+    assert [e.hyperparameters["real_lr"] for e in results[4].epochs] == pytest.approx(
+        [0.01 - 0.009 * 6 / 14, 0.01 - 0.009 * 13 / 14], rel=1e-12
+    )
+
+
+def _slot_config(seed: int) -> TrainConfig:
+    """Per-step schedules that differ between a trial's own step and the group's step."""
+    return _digits_config(
+        seed,
+        gamma=1e-2,
+        gamma_schedule=Schedule(kind="staircase", factor=0.5, every_epochs=1),
+        real_lr_schedule=Schedule(kind="linear", end_value=0.001),
+    )
 
 
 def test_cuda_oom_halves_the_slots_and_finishes_every_trial(monkeypatch) -> None:  # noqa: ANN001
