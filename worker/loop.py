@@ -24,7 +24,6 @@ retried (see :func:`worker.trial.retry_db`).
 
 from __future__ import annotations
 
-import copy
 import logging
 import threading
 import time
@@ -35,7 +34,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import optuna
-from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback, fail_stale_trials
+from optuna.storages import RDBStorage, fail_stale_trials
 from optuna.trial import TrialState
 from sqlalchemy import Engine, select, update
 
@@ -47,6 +46,7 @@ from service.db import (
     session_scope,
 )
 from service.models import Study, optuna_study_name
+from service.reaper import STOPPED_ERROR, CleanRetryCallback, fail_waiting_trials
 from service.spec import StudySpec
 from worker.control import Heartbeat
 from worker.objective import build_pruner, build_sampler
@@ -55,7 +55,6 @@ from worker.stacked import run_stacked, stacking_slots
 from worker.trial import (
     STUDY_STOPPED,
     TRANSIENT_DB_ERRORS,
-    VOLATILE_ATTRS,
     WORKER_TERMINATED,
     TrialOutcome,
     db_error_text,
@@ -92,17 +91,6 @@ class StudyHandle:
     storage: RDBStorage
     study: optuna.Study
     retry_callback: CleanRetryCallback
-
-
-class CleanRetryCallback(RetryHeartbeatStaleTrialCallback):
-    """Optuna's stale-trial retry (WAITING copy with the same params, ``failed_trial`` and
-    ``retry_history`` system attrs, ``max_retry``), minus the user attrs that describe the failed
-    attempt (its epochs, worker, error), so a retry starts clean."""
-
-    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        trial = copy.deepcopy(trial)
-        trial.user_attrs = {k: v for k, v in trial.user_attrs.items() if k not in VOLATILE_ATTRS}
-        super().__call__(study, trial)
 
 
 def _utc(value: datetime | None) -> datetime | None:
@@ -384,9 +372,13 @@ class Worker:
                 handle.retry_callback(handle.study, storage.get_trial(frozen._trial_id))
 
     def finish_stopping(self, handle: StudyHandle) -> None:
-        """Trials of a stopping study end at their next epoch; the last worker to see no
-        RUNNING trial sets 'stopped'."""
+        """Trials of a stopping study end at their next epoch; WAITING retries (of stale or
+        terminated trials) are failed, since a stopped study is never resumed; the last worker
+        to see no RUNNING trial sets 'stopped'."""
         self.recover(handle)
+        failed = fail_waiting_trials(handle.storage, handle.study._study_id, STOPPED_ERROR)
+        if failed:
+            logger.info("study %s is stopping: failed WAITING trials %s", handle.id, failed)
         if not self._trials(handle, TrialState.RUNNING):
             self.set_status(handle.id, "stopped", from_=("stopping",))
 
@@ -433,9 +425,14 @@ class Worker:
     # -- running ----------------------------------------------------------------------------
 
     def should_stop(self, handle: StudyHandle) -> str | None:
-        """Checked after every epoch: SIGTERM, then the study's status (throttled)."""
+        """Checked after every epoch: SIGTERM, then the study's status (throttled). SIGTERM in
+        a stopping study ends the trial as stopped (no retry: the study is not resumed)."""
         if self.stop.is_set():
-            return WORKER_TERMINATED
+            try:
+                status = self.study_status(handle.id)
+            except TRANSIENT_DB_ERRORS:
+                return WORKER_TERMINATED
+            return STUDY_STOPPED if status in ("stopping", "stopped") else WORKER_TERMINATED
         now = time.monotonic()
         checked, status = self._status_cache.get(handle.id, (0.0, "running"))
         if now - checked >= STATUS_CHECK_S:

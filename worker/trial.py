@@ -34,6 +34,7 @@ from optuna.trial import TrialState
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from bnn_core.config import EpochMetrics, TrainConfig, TrainResult
+from service.reaper import VOLATILE_ATTRS
 from service.spec import StudySpec
 from worker.objective import InfeasibleParams, build_train_config, train_config_dict
 
@@ -246,7 +247,6 @@ def _free_cuda_memory() -> None:
         logger.debug("could not empty the CUDA cache", exc_info=True)
 
 
-VOLATILE_ATTRS = ("epochs", "error", "stop_reason", "seconds", "worker_id", "device")
 RetryCallback = Callable[[optuna.Study, optuna.trial.FrozenTrial], None]
 
 

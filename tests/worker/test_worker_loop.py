@@ -184,6 +184,46 @@ def test_a_stale_trial_of_a_dead_worker_is_failed_and_retried(database_url: str)
     assert study_row(database_url, study_id).status == "completed"
 
 
+def test_a_stale_trial_retried_while_stopping_leaves_no_waiting_trial(database_url: str) -> None:
+    study_id = new_study(database_url, n_trials=2, max_retries=1)
+    settings = worker_settings(database_url, grace_period_s=1)
+    dead = Worker(settings, study_ids=[study_id])  # claims a trial, beats once, then "dies"
+    (row,) = dead.active_studies()
+    handle = dead.handle(row)
+    assert handle is not None
+    trial = dead.claim_trial(handle)
+    assert trial is not None
+    handle.storage.record_heartbeat(trial._trial_id)
+    dead.close()
+    _set_status(database_url, study_id, "stopping")
+    time.sleep(2.5)
+    stats = run_study(study_id, settings, train_fn=fake_train())
+    trials = study_trials(database_url, study_id)
+    assert stats.trials == 0
+    assert _states(trials) == {"FAIL": 2}  # the stale trial and its never-run retry
+    assert trials[1].system_attrs["failed_trial"] == trial.number
+    assert trials[1].user_attrs["error"] == "study stopped before the retry ran"
+    assert study_row(database_url, study_id).status == "stopped"
+
+
+def test_sigterm_in_a_stopping_study_does_not_enqueue_a_retry(sqlite_url: str) -> None:
+    study_id = new_study(sqlite_url, n_trials=2, epochs=5)
+    stop = threading.Event()
+
+    def on_epoch(epoch: int) -> None:
+        if epoch == 2:
+            _set_status(sqlite_url, study_id, "stopping")
+            stop.set()  # SIGTERM at the same time as the stop
+
+    train = fake_train(0, on_epoch=on_epoch)
+    stats = run_study(study_id, worker_settings(sqlite_url), stop, train_fn=train)
+    trials = study_trials(sqlite_url, study_id)
+    assert stats.by_state == {"PRUNED": 1} and _states(trials) == {"PRUNED": 1}
+    assert trials[0].user_attrs["stop_reason"] == "study stopped"
+    run_study(study_id, worker_settings(sqlite_url), train_fn=fake_train())
+    assert study_row(sqlite_url, study_id).status == "stopped"
+
+
 def test_timeout_stops_starting_trials(sqlite_url: str) -> None:
     study_id = new_study(sqlite_url, n_trials=50, timeout_s=0.5)
     stats = run_study(study_id, worker_settings(sqlite_url), train_fn=fake_train(0.2))
