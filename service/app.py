@@ -2,11 +2,14 @@
 
 Run with ``uvicorn service.app:create_app --factory``, ``uvicorn service.app:app`` (built on
 first access from the environment) or ``bnn-tune serve``. Startup does not
-migrate the database; ``GET /ready`` says whether it is reachable and migrated.
+migrate the database; ``GET /ready`` says whether it is reachable and migrated. The lifespan runs
+the stale-trial reaper (:mod:`service.reaper`) every ``reaper_interval_s``.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import threading
 from collections.abc import AsyncIterator
@@ -17,12 +20,14 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
+from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from service.api import api_router, health_router
 from service.db import make_engine, make_session_factory
 from service.errors import InvalidSpecError, ServiceError
+from service.reaper import Reaper
 from service.settings import Settings, get_settings
 from service.spec import spec_errors
 
@@ -44,13 +49,43 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.session_factory = make_session_factory(engine)
     app.state.storage = None  # Optuna storage, created on first use (see service.api)
     app.state.storage_lock = threading.Lock()
+    reaper = _start_reaper(settings, engine)
     try:
         yield
     finally:
+        await _stop_reaper(reaper)
         storage = app.state.storage
         if storage is not None:
             storage.engine.dispose()
         engine.dispose()
+
+
+def _start_reaper(settings: Settings, engine: Engine) -> tuple[asyncio.Task, Reaper] | None:
+    if settings.reaper_interval_s <= 0:
+        return None
+    reaper = Reaper(settings, engine)
+    return asyncio.create_task(_reap_forever(reaper, settings.reaper_interval_s)), reaper
+
+
+async def _reap_forever(reaper: Reaper, interval_s: float) -> None:
+    """Every ``interval_s``: one reaper pass in a thread (it blocks on the database). Errors
+    (database down) are logged and the next pass tries again."""
+    while True:
+        try:
+            await asyncio.to_thread(reaper.reap_once)
+        except Exception as exc:  # noqa: BLE001 - the API must outlive database outages
+            logger.warning("stale-trial reaper: %s", exc)
+        await asyncio.sleep(interval_s)
+
+
+async def _stop_reaper(running: tuple[asyncio.Task, Reaper] | None) -> None:
+    if running is None:
+        return
+    task, reaper = running
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    reaper.close()
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -38,6 +38,12 @@ class Settings(BaseSettings):
     heartbeat_interval_s: int = Field(10, ge=1, description="Worker heartbeat period.")
     grace_period_s: int = Field(30, ge=1, description="A RUNNING trial older than this is stale.")
     max_retries: int = Field(2, ge=0, description="Default retries of a stale/failed trial.")
+    reaper_interval_s: float = Field(
+        5.0,
+        ge=0,
+        description="The API fails stale trials (dead workers) of running studies and finishes "
+        "stopping studies this often; 0 turns the reaper off.",
+    )
 
     @field_validator("database_url")
     @classmethod
