@@ -10,6 +10,7 @@ from torch import nn
 
 from bnn_core.config import OptimizerConfig, Schedule
 from bnn_core.layers import BinaryConv2d, BinaryLinear, SignActivation
+from bnn_core.models import build_model
 from bnn_core.optim import CEMA, SGDW, Bop, Bop2ndOrder, build_optimizer
 
 
@@ -231,3 +232,35 @@ def test_bad_sizes_are_refused() -> None:
         build_optimizer(small_model(), OptimizerConfig(), steps_per_epoch=0, epochs=1)
     with pytest.raises(ValueError, match="epochs"):
         build_optimizer(small_model(), OptimizerConfig(), steps_per_epoch=1, epochs=0)
+
+
+def test_bf16_autocast_leaves_gradients_and_bop_state_fp32_and_unscaled() -> None:
+    # performance.md 3.3 / science.md 1.7: autocast covers the forward only; Bop must see
+    # fp32 gradients of the true (mean-reduced, unscaled) loss and keep m in fp32.
+    torch.manual_seed(0)
+    model = build_model("binarynet", (3, 32, 32), 10, width=1 / 16, dense_units=64)
+    twin = copy.deepcopy(model)
+    pair = build_optimizer(model, OptimizerConfig(name="bop", gamma=1e-4), 10, 1)
+    x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(x)
+    assert logits.dtype == torch.bfloat16  # autocast really ran the forward in bf16
+    nn.functional.cross_entropy(logits.float(), y).backward()
+    nn.functional.cross_entropy(twin(x), y).backward()  # the fp32 reference
+    binary = pair.binary_parameters
+    for param, reference in zip(model.parameters(), twin.parameters(), strict=True):
+        if param.grad is None:
+            continue
+        assert param.dtype == param.grad.dtype == torch.float32
+        # Unscaled: the bf16 gradient has the fp32 gradient's order of magnitude. bf16 flips
+        # the sign of some near-zero pre-activations, so they differ by O(1) (about 0.4-1 here),
+        # while a loss scale (GradScaler starts at 2**16) would be orders of magnitude off.
+        ratio = float(param.grad.norm() / reference.grad.norm())
+        assert 0.1 < ratio < 10
+    grads = [p.grad.clone() for p in binary]
+    pair.step()
+    for param, grad in zip(binary, grads, strict=True):
+        m = pair.binary.state[param]["m"]
+        assert m.dtype == torch.float32
+        torch.testing.assert_close(m, 1e-4 * grad, rtol=1e-6, atol=0)  # m = gamma g from 0
+        assert bool(((param == 1) | (param == -1)).all()) and param.dtype == torch.float32
