@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -240,3 +241,36 @@ def test_binarynet_with_augmentation_on_synthetic_cifar() -> None:
         model_options={"width": 1 / 16},
     )
     assert plain.epochs[0].train_loss != result.epochs[0].train_loss  # augmentation was on
+
+
+def test_cifar_inputs_pad_with_black_in_training_and_are_only_scaled_in_evaluation() -> None:
+    # science.md 1.5: train = zero-pad 4 px on the raw uint8 image, random 32x32 crop, random
+    # flip, then x / 127.5 - 1 (so padding reads -1); val/test = only the scaling. White images
+    # make this visible: a training input holds 1 and, at a shifted crop, -1 borders (0 would
+    # mean "normalised, then padded"); an evaluation input is exactly 1 everywhere.
+    x = np.full((60, 3, 32, 32), 255, dtype=np.uint8)
+    y = np.arange(60, dtype=np.int64) % 10
+    data = Dataset("cifar10", x[:40], y[:40], x[40:], y[40:], num_classes=10)
+    seen: dict[str, list[torch.Tensor]] = {"train": [], "eval": []}
+
+    def record(model: nn.Module, _optimizer) -> None:
+        def hook(module: nn.Module, args: tuple[torch.Tensor]) -> None:
+            seen["train" if module.training else "eval"].append(args[0].detach().clone())
+
+        model.register_forward_pre_hook(hook)
+
+    config = _config(model="binarynet", dataset="cifar10", epochs=1, batch_size=10)
+    train(
+        dataclasses.replace(config, evaluate_test=True),
+        dataset=data,
+        model_options={"width": 1 / 16},
+        on_setup=record,
+    )
+    inputs = torch.cat(seen["train"])[:, 0] == 1.0  # (N, 32, 32): where the image is
+    assert set(torch.cat(seen["train"]).unique().tolist()) == {-1.0, 1.0}
+    # The image part is a rectangle (32 - |shift|) high and wide, |shift| <= 4; the rest is -1.
+    rows, cols = inputs.any(2).sum(1), inputs.any(1).sum(1)
+    assert torch.equal(inputs.sum((1, 2)), rows * cols)
+    assert int(rows.min()) >= 28 and int(cols.min()) >= 28
+    assert int((rows * cols < 32 * 32).sum()) > len(inputs) // 2  # most crops are shifted
+    assert seen["eval"] and all(bool((batch == 1.0).all()) for batch in seen["eval"])
