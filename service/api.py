@@ -13,6 +13,7 @@ from fastapi.security import APIKeyHeader
 from optuna.storages import BaseStorage
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import Session
 
 from service import studies as ops
@@ -68,8 +69,18 @@ def get_storage(request: Request) -> BaseStorage:
             try:
                 state.storage = ops.make_optuna_storage(state.settings.database_url)
             except Exception as exc:  # noqa: BLE001 - any failure here means "not available"
-                raise StorageUnavailableError(f"Optuna storage unavailable: {exc}") from exc
+                message = f"database unavailable, retry later ({_root_cause(exc)})"
+                raise StorageUnavailableError(message) from exc
         return state.storage
+
+
+def _root_cause(exc: BaseException) -> str:
+    """The first line of the innermost cause (Optuna wraps a refused connection in a
+    misleading "invalid data in the commit" error)."""
+    while exc.__cause__ is not None or exc.__context__ is not None:
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
 
 
 def require_api_key(
@@ -265,8 +276,11 @@ def health() -> dict[str, str]:
 @health_router.get("/ready", responses={503: {"model": ErrorBody}})
 def ready(session: SessionDep) -> JSONResponse:
     """The database is reachable and migrated (our head revision and Optuna's tables)."""
-    session.execute(text("SELECT 1"))
-    problem = check_migrated(session.get_bind())  # type: ignore[arg-type]
+    try:
+        session.execute(text("SELECT 1"))
+        problem = check_migrated(session.get_bind())  # type: ignore[arg-type]
+    except (DBAPIError, PoolTimeoutError) as exc:
+        problem = f"database unavailable, retry later ({_root_cause(exc)})"
     if problem is not None:
         return JSONResponse(
             {"status": "not ready", "detail": problem},

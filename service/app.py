@@ -14,6 +14,7 @@ import logging
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import optuna
 from fastapi import FastAPI, Request
@@ -125,9 +126,23 @@ async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
 
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-    errors = spec_errors(exc)  # type: ignore[arg-type]
+    flat = spec_errors(exc)  # type: ignore[arg-type]
+    errors = [_body_error(raw, e) for raw, e in zip(exc.errors(), flat, strict=True)]
     fields = ", ".join(e["field"] for e in errors)
     return JSONResponse({"detail": f"invalid input ({fields})", "errors": errors}, 422)
+
+
+def _body_error(raw: Any, error: dict[str, str]) -> dict[str, str]:
+    """Errors about the body as a whole: malformed JSON (FastAPI's loc is the character
+    offset, not a field) and a missing body."""
+    loc = tuple(raw.get("loc", ()))
+    if raw.get("type") == "json_invalid":
+        where = f" at character {loc[1]}" if len(loc) > 1 else ""
+        reason = (raw.get("ctx") or {}).get("error") or raw.get("msg")
+        return {**error, "field": "<body>", "message": f"malformed JSON{where}: {reason}"}
+    if raw.get("type") == "missing" and loc == ("body",):
+        return {**error, "field": "<body>", "message": "a JSON study spec is required"}
+    return error
 
 
 async def _database_down(request: Request, exc: Exception) -> JSONResponse:

@@ -134,3 +134,27 @@ def test_outage_is_503_then_recovers_without_losing_data(
     assert unique_name  # names are unique, so the study must be there exactly once
     listed = http.get("/api/v1/studies", params={"limit": 1000}).json()["data"]
     assert [s["name"] for s in listed].count(spec["name"]) == 1
+
+
+def test_database_down_from_the_start_is_503_with_the_cause(
+    live_server: Callable[..., AbstractContextManager[str]],
+) -> None:
+    """A server whose database was never reachable (a closed port): /ready says "not ready"
+    with the refused connection, the API says "database unavailable", not Optuna's text."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # closed again when the block ends
+    url = f"postgresql+psycopg://postgres@127.0.0.1:{port}/nowhere"
+    settings = Settings(database_url=url, reaper_interval_s=0)
+    with live_server(create_app(settings)) as base, httpx.Client(base_url=base) as http:
+        assert http.get("/health").status_code == 200
+        ready = http.get("/ready")
+        assert ready.status_code == 503 and ready.json()["status"] == "not ready"
+        assert "database unavailable" in ready.json()["detail"]
+        assert "refused" in ready.json()["detail"].lower()
+        for path in ("/api/v1/studies", "/api/v1/studies/1", "/api/v1/studies/1/trials"):
+            response = http.get(path)
+            assert response.status_code == 503, (path, response.text)
+            assert response.json()["detail"].startswith("database unavailable"), response.text
+            assert "max length" not in response.json()["detail"]
+            assert int(response.headers["Retry-After"]) > 0

@@ -98,7 +98,16 @@ def test_malformed_json_is_422(client: httpx.Client) -> None:
         "/api/v1/studies", content=b"{not json", headers={"content-type": "application/json"}
     )
     assert response.status_code == 422
-    assert response.json()["errors"][0]["type"] == "json_invalid"
+    (error,) = response.json()["errors"]
+    assert error["type"] == "json_invalid" and error["field"] == "<body>"
+    assert error["message"].startswith("malformed JSON at character 1: ")
+
+
+def test_empty_body_is_422_asking_for_a_spec(client: httpx.Client) -> None:
+    response = client.post("/api/v1/studies", headers={"content-type": "application/json"})
+    assert response.status_code == 422
+    (error,) = response.json()["errors"]
+    assert error["field"] == "<body>" and "spec is required" in error["message"]
 
 
 @pytest.fixture
