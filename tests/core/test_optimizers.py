@@ -207,11 +207,43 @@ def test_bop2_biased_step() -> None:
     ("bias_correction", "expected"), [(False, [1, -1, 1]), (True, [-1, -1, 1])]
 )
 def test_bop2_unbiased_divides_by_the_rates(bias_correction: bool, expected: list[int]) -> None:
-    # Biased score m/sqrt(v) = 0.5; unbiased (m/gamma)/sqrt(v/sigma) = 2/2 = 1; tau = 0.75.
+    # gamma != sigma, so swapping them is caught: m = 0.0625 * 2 = 0.125, v = 0.25 * 4 = 1.
+    # Biased score m/sqrt(v) = 0.125; unbiased (m/gamma)/sqrt(v/sigma) = 2/2 = 1; swapped
+    # rates would give (m/sigma)/sqrt(v/gamma) = 0.5/4 = 0.125. tau = 0.5.
     w = binary(1, -1, 1)
-    opt = Bop2ndOrder([w], gamma=0.25, sigma=0.25, threshold=0.75, bias_correction=bias_correction)
+    opt = Bop2ndOrder(
+        [w], gamma=0.0625, sigma=0.25, threshold=0.5, bias_correction=bias_correction
+    )
     step_with(opt, w, 2.0, 2.0, -2.0)
     assert values(w) == expected
+
+
+def test_bop2_unbiased_is_biased_with_threshold_tau_gamma_over_sqrt_sigma() -> None:
+    # science.md D [derived]: (m/gamma)/sqrt(v/sigma) = (sqrt(sigma)/gamma) m/sqrt(v), so the
+    # unbiased variant at tau flips exactly like the biased one at tau * gamma / sqrt(sigma)
+    # (eps scaled by sqrt(sigma)), also while gamma and sigma follow schedules.
+    generator = torch.Generator().manual_seed(3)
+    start = torch.randint(0, 2, (2000,), generator=generator).double() * 2 - 1
+    unbiased_w = nn.Parameter(start.clone())
+    biased_w = nn.Parameter(start.clone())
+    unbiased = Bop2ndOrder([unbiased_w], bias_correction=True, eps=1e-12)
+    biased = Bop2ndOrder([biased_w], eps=1e-12 * 0.1)
+    flips = 0
+    for t in range(200):
+        gamma, sigma, tau = 1e-2 * (1 - t / 400), 1e-3 * (1 + t / 100), 0.3
+        unbiased.param_groups[0].update(gamma=gamma, sigma=sigma, threshold=tau)
+        sqrt_sigma = sigma**0.5
+        biased.param_groups[0].update(
+            gamma=gamma, sigma=sigma, threshold=tau * gamma / sqrt_sigma, eps=1e-12 * sqrt_sigma
+        )
+        grad = torch.randn(2000, generator=generator, dtype=torch.float64) + 0.5 * start
+        unbiased_w.grad, biased_w.grad = grad.clone(), grad.clone()
+        before = biased_w.detach().clone()
+        unbiased.step()
+        biased.step()
+        assert torch.equal(unbiased_w, biased_w), f"step {t}"
+        flips += int((biased_w != before).sum())
+    assert flips > 2000  # the identity is exercised, not vacuous
 
 
 def test_bop2_zero_gradient_from_zero_state_is_finite_and_does_not_flip() -> None:
