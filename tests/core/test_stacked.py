@@ -117,6 +117,14 @@ FAMILIES = {
         {"alpha": [1e-2, 0.1, 0.05], "gamma": [0.5, 0.1, 1.0]},
         ("m", "x"),
     ),
+    "bop2-unbiased": (
+        lambda p, h: Bop2ndOrder(
+            p, gamma=h["gamma"], sigma=h["sigma"], threshold=h["threshold"], bias_correction=True
+        ),
+        # tau is on the rescaled score (m/gamma)/sqrt(v/sigma) ~ 1
+        {"gamma": [1e-1, 3e-2, 0.5], "sigma": [1e-2, 0.1, 0.3], "threshold": [0.5, 0.2, 0.9]},
+        ("m", "v"),
+    ),
 }
 
 
@@ -125,7 +133,8 @@ def test_stacked_flips_exactly_like_single_optimizer(family: str) -> None:
     build, hyper, state_names = FAMILIES[family]
     models = make_models("conv-small")
     network = stack_models(models)
-    stacked = StackedOptimizer(network, family)
+    unbiased = family == "bop2-unbiased"
+    stacked = StackedOptimizer(network, family.removesuffix("-unbiased"), bias_correction=unbiased)
     stacked.set_hyperparameters(
         {k: torch.tensor(v, dtype=torch.float64) for k, v in hyper.items()}
     )
