@@ -97,6 +97,8 @@ class OptimizerConfig:
     latent_init_scale: float | None = None
     gamma_schedule: Schedule = field(default_factory=Schedule)
     threshold_schedule: Schedule = field(default_factory=Schedule)
+    # Bop2ndOrder's CIFAR recipe raises sigma linearly from 1e-7 to 1e-2 (science.md D).
+    sigma_schedule: Schedule = field(default_factory=Schedule)
     alpha_schedule: Schedule = field(default_factory=lambda: Schedule(kind="linear-epoch"))
     lr_schedule: Schedule = field(default_factory=Schedule)
     real_lr: float = 0.01

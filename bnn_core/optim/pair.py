@@ -165,7 +165,7 @@ def _binary_schedules(config: OptimizerConfig) -> list[ScheduledHyperparameter]:
     if config.name == "bop2":
         return [
             ScheduledHyperparameter("gamma", binary, "gamma", config.gamma, config.gamma_schedule),
-            ScheduledHyperparameter("sigma", binary, "sigma", config.sigma),
+            ScheduledHyperparameter("sigma", binary, "sigma", config.sigma, config.sigma_schedule),
             ScheduledHyperparameter(
                 "threshold", binary, "threshold", config.threshold, config.threshold_schedule
             ),

@@ -264,3 +264,30 @@ def test_bf16_autocast_leaves_gradients_and_bop_state_fp32_and_unscaled() -> Non
         assert m.dtype == torch.float32
         torch.testing.assert_close(m, 1e-4 * grad, rtol=1e-6, atol=0)  # m = gamma g from 0
         assert bool(((param == 1) | (param == -1)).all()) and param.dtype == torch.float32
+
+
+def test_bop2_cifar_recipe_schedules_gamma_sigma_and_threshold_per_step() -> None:
+    # science.md D, bop2ndOrder_CIFAR: 500 epochs at 1000 steps, Keras PolynomialDecay(power 1)
+    # per step: tau 1e-5 -> 1e-8, gamma 1e-2 -> 1e-5, sigma 1e-7 -> 1e-2 (increasing).
+    config = OptimizerConfig(
+        name="bop2",
+        gamma=1e-2,
+        sigma=1e-7,
+        threshold=1e-5,
+        gamma_schedule=Schedule(kind="linear", end_value=1e-5),
+        sigma_schedule=Schedule(kind="linear", end_value=1e-2),
+        threshold_schedule=Schedule(kind="linear", end_value=1e-8),
+    )
+    pair = build_optimizer(small_model(), config, steps_per_epoch=1000, epochs=500)
+    expected = {
+        0: (1e-2, 1e-7, 1e-5),
+        250_000: ((1e-2 + 1e-5) / 2, (1e-7 + 1e-2) / 2, (1e-5 + 1e-8) / 2),
+        500_000: (1e-5, 1e-2, 1e-8),
+    }
+    for step, (gamma, sigma, tau) in expected.items():
+        pair.global_step = step
+        pair.step()  # no gradients: only the schedules are applied
+        group = pair.binary.param_groups[0]
+        assert (group["gamma"], group["sigma"], group["threshold"]) == pytest.approx(
+            (gamma, sigma, tau), rel=1e-12
+        )
