@@ -75,3 +75,17 @@ def test_latent_glorot_bound() -> None:
     bound = (6.0 / (8 * 9 + 16 * 9)) ** 0.5
     assert conv.weight.abs().max() <= bound
     assert conv.weight.abs().max() > bound / 2
+
+
+def test_latent_weights_beyond_one_get_no_gradient() -> None:
+    # ste_sign on the latent weight (Courbariaux / larq): the STE is clipped at |w| = 1.
+    layer = BinaryLinear(3, 2)
+    use_latent_weights(layer)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[1.5, -1.0, 0.2], [-2.0, 1.0, -0.7]]))
+    x = torch.tensor([[1.0, 2.0, 3.0]])
+    out = layer(x)
+    torch.testing.assert_close(out, torch.tensor([[1.0 - 2.0 + 3.0, -1.0 + 2.0 - 3.0]]))
+    out.sum().backward()
+    expected = torch.tensor([[0.0, 2.0, 3.0], [0.0, 2.0, 3.0]])  # |w| <= 1 passes x through
+    torch.testing.assert_close(layer.weight.grad, expected)
