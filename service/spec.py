@@ -68,6 +68,7 @@ __all__ = [
     "DEFAULT_SEARCH_SPACES",
     "SPEC_EXAMPLES",
     "MODEL_NAMES",
+    "INCOMPATIBLE_MODEL_DATASETS",
     "DATASET_NAMES",
     "RangeSpec",
     "ChoiceSpec",
@@ -98,6 +99,12 @@ ZERO_CHOICE_PARAMS: frozenset[str] = frozenset({"threshold", "weight_decay"})
 PARAM_ALIASES: dict[str, str] = {"tau": "threshold"}
 MODEL_NAMES: tuple[str, ...] = ("binarynet", "resnet", "mlp", "conv-small")
 DATASET_NAMES: tuple[str, ...] = ("digits", "fashion-mnist", "mnist", "cifar10")
+# Model/dataset pairs that cannot train (every trial would fail with the same ConfigError of
+# bnn_core.models.build_model); tests/worker checks this table against bnn_core.
+INCOMPATIBLE_MODEL_DATASETS: dict[tuple[str, str], str] = {
+    ("binarynet", "digits"): "binarynet downsamples too often for the 8x8 digits images; use "
+    "mlp, conv-small or resnet, or a 28x28/32x32 dataset (mnist, fashion-mnist, cifar10)",
+}
 OBJECTIVE_DIRECTIONS: dict[str, str] = {
     "val_accuracy": "maximize",
     "flip_ratio": "minimize",
@@ -423,6 +430,8 @@ class StudySpec(_Strict):
             _check_alpha_le_gamma(self.search_space)
         if len(self.objectives) > 1 and self.pruner.name != "none":
             raise _fail("pruner.name", "pruning needs a single objective; use 'none'")
+        if reason := INCOMPATIBLE_MODEL_DATASETS.get((self.model, self.dataset)):
+            raise _fail("model", reason)
         return self
 
     @staticmethod

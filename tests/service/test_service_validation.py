@@ -71,6 +71,11 @@ BAD_SPECS = {
         "search_space.alpha",
         "alpha <= gamma",
     ),
+    "model too deep for the dataset": (
+        _spec(model="binarynet", dataset="digits"),
+        "model",
+        "8x8 digits",
+    ),
     "bad slug": (_spec(name="Not A Slug"), "name", "pattern"),
     "missing name": ({"optimizer": "bop"}, "name", "required"),
     "pruner with two objectives": (

@@ -9,7 +9,15 @@ import pytest
 from optuna.trial import FixedTrial
 
 from bnn_core.config import Schedule
-from service.spec import OPTIMIZER_FAMILIES, SPEC_EXAMPLES, SamplerSpec, parse_spec
+from service.spec import (
+    DATASET_NAMES,
+    MODEL_NAMES,
+    OPTIMIZER_FAMILIES,
+    SPEC_EXAMPLES,
+    SamplerSpec,
+    SpecError,
+    parse_spec,
+)
 from worker.objective import (
     InfeasibleParams,
     build_pruner,
@@ -190,3 +198,30 @@ def test_pruners() -> None:
     assert hyperband._max_resource == 27
     multi = _spec(objectives=["val_accuracy", "flip_ratio"])
     assert isinstance(build_pruner(multi), optuna.pruners.NopPruner)
+
+
+INPUT_SHAPES = {"digits": (1, 8, 8), "mnist": (1, 28, 28), "fashion-mnist": (1, 28, 28)}
+INPUT_SHAPES["cifar10"] = (3, 32, 32)
+
+
+@pytest.mark.parametrize("model", MODEL_NAMES)
+@pytest.mark.parametrize("dataset", DATASET_NAMES)
+def test_the_spec_rejects_exactly_the_model_dataset_pairs_bnn_core_cannot_build(
+    model: str, dataset: str
+) -> None:
+    """A pair bnn_core cannot build would fail every trial; the spec must refuse it up front
+    (422 naming ``model``), and only such pairs."""
+    from bnn_core.config import ConfigError
+    from bnn_core.models import build_model
+
+    try:
+        build_model(model, INPUT_SHAPES[dataset], 10)
+        buildable = True
+    except ConfigError:
+        buildable = False
+    if buildable:
+        _spec(model=model, dataset=dataset)
+    else:
+        with pytest.raises(SpecError) as info:
+            _spec(model=model, dataset=dataset)
+        assert info.value.errors[0]["field"] == "model"
