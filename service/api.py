@@ -11,6 +11,7 @@ from fastapi import APIRouter, Body, Depends, Query, Request, Response, status
 from fastapi.responses import JSONResponse
 from fastapi.security import APIKeyHeader
 from optuna.storages import BaseStorage
+from optuna.trial import TrialState
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
@@ -221,9 +222,8 @@ def list_trials(
     ] = None,
 ) -> TrialsPublic:
     """Trials by number, with per-epoch curves, error and retry info."""
-    trials = ops.load_trials(storage, _study(session, study_id))
-    if state is not None:
-        trials = [t for t in trials if t.state.name == state]
+    states = None if state is None else (TrialState[state],)
+    trials = ops.load_trials(storage, _study(session, study_id), states)
     page = trials[skip : skip + limit]
     return TrialsPublic(data=[ops.trial_public(t) for t in page], count=len(trials))
 

@@ -42,6 +42,9 @@ __all__ = [
 ]
 
 
+STALE_ERROR = "no heartbeat within the grace period: its worker died or lost the database"
+
+
 def make_optuna_storage(url: str) -> RDBStorage:
     """Optuna's storage over the same database (tables must exist: run migrate first)."""
     return RDBStorage(url, engine_kwargs=optuna_engine_kwargs(url), skip_table_creation=True)
@@ -167,15 +170,19 @@ def delete_study(session: Session, storage: BaseStorage, study: Study) -> Study:
     return study
 
 
-def load_trials(storage: BaseStorage, study: Study) -> list[FrozenTrial]:
-    """All trials of the study's Optuna study, ordered by number ([] if it has none)."""
+def load_trials(
+    storage: BaseStorage, study: Study, states: tuple[TrialState, ...] | None = None
+) -> list[FrozenTrial]:
+    """The trials (all, or those in ``states``, filtered by the database) of the study's Optuna
+    study, ordered by number ([] if it has none)."""
     if study.optuna_study_name is None:
         return []
     try:
         optuna_id = storage.get_study_id_from_name(study.optuna_study_name)
     except KeyError:
         return []
-    return sorted(storage.get_all_trials(optuna_id, deepcopy=False), key=lambda t: t.number)
+    trials = storage.get_all_trials(optuna_id, deepcopy=False, states=states)
+    return sorted(trials, key=lambda t: t.number)
 
 
 def _count(trials: list[FrozenTrial], states: tuple[TrialState, ...]) -> int:
@@ -224,6 +231,8 @@ def trial_public(trial: FrozenTrial) -> TrialPublic:
     user_attrs = dict(trial.user_attrs)
     epochs = user_attrs.pop("epochs", None)
     error = user_attrs.pop("error", None)
+    if error is None and trial.state == TrialState.FAIL:  # only the heartbeat check fails silently
+        error = STALE_ERROR
     start, end = trial.datetime_start, trial.datetime_complete
     retry_of = trial.system_attrs.get("failed_trial", user_attrs.get("retry_of"))
     history = trial.system_attrs.get("retry_history", user_attrs.get("retry_history", []))

@@ -76,6 +76,10 @@ def test_reaper_fails_stale_trials_and_finishes_a_stopping_study(
         _wait(lambda: {t["state"] for t in _trials(client, study_id)} == {"FAIL", "WAITING"})
         failed, retry = _trials(client, study_id)
         assert failed["number"] == number and retry["retry_of"] == number
+        assert "no heartbeat" in failed["error"] and retry["error"] is None
+        waiting = client.get(f"/api/v1/studies/{study_id}/trials", params={"state": "WAITING"})
+        assert [t["number"] for t in waiting.json()["data"]] == [retry["number"]]
+        assert waiting.json()["count"] == 1
         assert client.get(f"/api/v1/studies/{study_id}").json()["status"] == "running"
 
         # Stopping it: the WAITING retry is failed (never resumed) and the study ends stopped.
