@@ -100,10 +100,22 @@ def _create_optuna_study(storage: BaseStorage, study: Study, spec: StudySpec) ->
         raise ConflictError(f"Optuna study {study.optuna_study_name!r} already exists") from exc
     try:
         storage.set_study_user_attr(optuna_id, "bnn_tune_study_id", study.id)
+        for key, value in _dashboard_attrs(spec).items():  # optuna-dashboard lists user attrs
+            storage.set_study_user_attr(optuna_id, key, value)
         storage.set_study_system_attr(optuna_id, "study:metric_names", list(spec.objectives))
     except Exception:
         storage.delete_study(optuna_id)
         raise
+
+
+def _dashboard_attrs(spec: StudySpec) -> dict[str, str]:
+    """What tells Optuna studies ``bnn-tune-<id>`` apart in optuna-dashboard's study list."""
+    return {
+        "name": spec.name,
+        "optimizer": spec.optimizer,
+        "model": spec.model,
+        "dataset": spec.dataset,
+    }
 
 
 def get_study(session: Session, study_id: int, *, include_deleted: bool = False) -> Study:

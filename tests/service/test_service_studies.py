@@ -47,6 +47,14 @@ def test_create_and_get(client: httpx.Client, backend_url: str, unique_name: Cal
     study = optuna.load_study(study_name=created["optuna_study_name"], storage=backend_url)
     assert study.directions == [optuna.study.StudyDirection.MAXIMIZE]
     assert study.metric_names == ["val_accuracy"]
+    # optuna-dashboard lists studies as bnn-tune-<id> with their user attrs: name them there
+    assert study.user_attrs == {
+        "bnn_tune_study_id": created["id"],
+        "name": name,
+        "optimizer": "bop",
+        "model": "binarynet",
+        "dataset": "cifar10",
+    }
 
 
 def test_multi_objective_directions(
