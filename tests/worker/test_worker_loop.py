@@ -324,11 +324,16 @@ def test_stacked_trials_share_the_budget(sqlite_url: str) -> None:
 
 
 def test_stacked_trials_stop_with_the_study(sqlite_url: str) -> None:
-    study_id = new_study(sqlite_url, n_trials=6, epochs=30, trials_per_gpu=2)
-    stop_after = time.monotonic() + 3
+    # Stop once the first epoch is reported (a fixed delay raced warm, fast trials); 200 epochs
+    # outlast the worker's once-a-second status check by far.
+    study_id = new_study(sqlite_url, n_trials=6, epochs=200, trials_per_gpu=2)
 
     def stopper() -> None:
-        time.sleep(max(0.0, stop_after - time.monotonic()))
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if any(t.intermediate_values for t in study_trials(sqlite_url, study_id)):
+                break
+            time.sleep(0.05)
         _set_status(sqlite_url, study_id, "stopping")
 
     thread = threading.Thread(target=stopper)
