@@ -375,7 +375,12 @@ class StudySpec(_Strict):
     batch_size: int = Field(100, ge=1)
     seed: int = 0
     n_trials: int = Field(20, ge=1, description="Study-wide trial budget.")
-    timeout_s: float | None = Field(None, gt=0, description="Wall-clock budget of the study.")
+    timeout_s: float | None = Field(
+        None,
+        gt=0,
+        description="Wall-clock budget of the study, counted from its first trial: then no "
+        "trial starts and running ones end at their next epoch.",
+    )
     sampler: SamplerSpec = Field(default_factory=SamplerSpec)
     pruner: PrunerSpec = Field(default_factory=PrunerSpec)
     objectives: list[Literal["val_accuracy", "flip_ratio", "time"]] = Field(

@@ -5,7 +5,8 @@ Shape of Optuna's ``_run_trial``, one small function per step::
     while not stop:
         for study in active studies (queued/running/stopping, oldest first):
             stopping      -> finish_stopping (last worker to see no RUNNING trial sets 'stopped')
-            timed out     -> no new trials; 'completed' once nothing runs
+            timed out     -> no new trials, running ones end at their next epoch (PRUNED,
+                             stop_reason 'study timed out'); 'completed' once nothing runs
             claim_trial   -> fail_stale_trials; a WAITING retry (no budget) or a budget claim + ask
             nothing left  -> maybe_complete ('completed' when the budget is used and nothing runs)
             else          -> run_claimed_trial (heartbeat thread, train, tell) and start over
@@ -70,6 +71,7 @@ logger = logging.getLogger(__name__)
 
 ACTIVE = ("queued", "running", "stopping")
 STATUS_CHECK_S = 1.0  # at most one status query per second per running trial
+STUDY_TIMED_OUT = "study timed out"  # timeout_s passed: running trials end at their next epoch
 
 
 @dataclass
@@ -131,7 +133,7 @@ class Worker:
         self.engine: Engine = make_engine(settings.database_url, **self._pool())
         self._storages: dict[int, RDBStorage] = {}
         self._handles: dict[int, StudyHandle] = {}
-        self._status_cache: dict[int, tuple[float, str]] = {}
+        self._status_cache: dict[int, tuple[float, str, datetime | None]] = {}
         self._waiting_reason: dict[int, str | None] = {}
         self._leaks: dict[tuple[int, int, int], float] = {}
         self._dataset: tuple[tuple[Any, ...], Any] | None = None
@@ -425,8 +427,9 @@ class Worker:
     # -- running ----------------------------------------------------------------------------
 
     def should_stop(self, handle: StudyHandle) -> str | None:
-        """Checked after every epoch: SIGTERM, then the study's status (throttled). SIGTERM in
-        a stopping study ends the trial as stopped (no retry: the study is not resumed)."""
+        """Checked after every epoch: SIGTERM, then the study's status and timeout (throttled).
+        SIGTERM in a stopping study ends the trial as stopped (no retry: the study is not
+        resumed)."""
         if self.stop.is_set():
             try:
                 status = self.study_status(handle.id)
@@ -434,16 +437,27 @@ class Worker:
                 return WORKER_TERMINATED
             return STUDY_STOPPED if status in ("stopping", "stopped") else WORKER_TERMINATED
         now = time.monotonic()
-        checked, status = self._status_cache.get(handle.id, (0.0, "running"))
+        checked, status, started = self._status_cache.get(handle.id, (0.0, "running", None))
         if now - checked >= STATUS_CHECK_S:
             try:
-                status = self.study_status(handle.id) or "deleted"
+                status, started = self.status_and_start(handle.id)
             except TRANSIENT_DB_ERRORS:
                 return None  # keep training; the next epoch checks again
-            self._status_cache[handle.id] = (now, status)
-        if status in ("queued", "running"):
-            return None
-        return STUDY_STOPPED if status in ("stopping", "stopped") else f"study {status}"
+            self._status_cache[handle.id] = (now, status, started)
+        if status not in ("queued", "running"):
+            return STUDY_STOPPED if status in ("stopping", "stopped") else f"study {status}"
+        timeout = handle.spec.timeout_s
+        if timeout is not None and started is not None:
+            if (datetime.now(UTC) - started).total_seconds() > timeout:
+                return STUDY_TIMED_OUT
+        return None
+
+    def status_and_start(self, study_id: int) -> tuple[str, datetime | None]:
+        """The study's status ('deleted' when the row is gone) and ``started_at``."""
+        query = select(Study.status, Study.started_at).where(Study.id == study_id)
+        with session_scope(self.engine) as session:
+            row = session.execute(query).first()
+        return ("deleted", None) if row is None else (row[0], _utc(row[1]))
 
     def trial_device(self, spec: StudySpec) -> str:
         return "cpu" if spec.device == "cpu" else self.device

@@ -8,6 +8,8 @@ Outcomes (what the trial looks like in Optuna and the dashboard):
 * the study is ``stopping`` -> PRUNED after the current epoch, user attr
   ``stop_reason = "study stopped"`` (PRUNED keeps its learning curve visible and usable by the
   sampler; a stopped study is not resumed, so nothing is retried);
+* the study's ``timeout_s`` passed -> PRUNED after the current epoch, user attr
+  ``stop_reason = "study timed out"``;
 * the worker got SIGTERM -> FAIL after the current epoch with ``error = "worker terminated"``,
   and a WAITING retry is enqueued exactly like a heartbeat-stale trial (same
   ``RetryHeartbeatStaleTrialCallback``, same ``max_retry``), so another worker runs it;

@@ -231,6 +231,18 @@ def test_timeout_stops_starting_trials(sqlite_url: str) -> None:
     assert study_row(sqlite_url, study_id).status == "completed"
 
 
+def test_timeout_ends_the_running_trial_at_its_next_epoch(sqlite_url: str) -> None:
+    study_id = new_study(sqlite_url, n_trials=3, epochs=100, timeout_s=1.5)
+    started = time.monotonic()
+    stats = run_study(study_id, worker_settings(sqlite_url), train_fn=fake_train(0.05))
+    assert time.monotonic() - started < 4.5  # not the 5 s of 100 epochs
+    (trial,) = study_trials(sqlite_url, study_id)
+    assert stats.by_state == {"PRUNED": 1}
+    assert trial.user_attrs["stop_reason"] == "study timed out"
+    assert 10 <= len(trial.user_attrs["epochs"]) < 100
+    assert study_row(sqlite_url, study_id).status == "completed"
+
+
 def test_an_infeasible_filter_sample_is_pruned_without_training(sqlite_url: str) -> None:
     space = {"alpha": {"choices": [0.5]}, "gamma": {"choices": [0.1, 0.9]}, "real_lr": 0.01}
     study_id = new_study(
