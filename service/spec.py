@@ -49,6 +49,7 @@ from pydantic import (
     StrictInt,
     Tag,
     ValidationError,
+    ValidationInfo,
     WithJsonSchema,
     field_validator,
     model_validator,
@@ -408,6 +409,26 @@ class StudySpec(_Strict):
                     raise _fail(f"search_space.{alias}", f"alias of {target}; give only one")
                 space[target] = space.pop(alias)
         return {**data, "search_space": space}
+
+    @field_validator("search_space")
+    @classmethod
+    def _check_family_params(
+        cls, value: dict[str, Any] | None, info: ValidationInfo
+    ) -> dict[str, Any] | None:
+        """Unknown parameters of the family, reported even when other fields are invalid too
+        (the model validator below only runs once every field is valid)."""
+        family = info.data.get("optimizer")
+        if value is None or family is None:
+            return value
+        allowed = FAMILY_PARAMS[family]
+        unknown = [name for name in value if name not in allowed]
+        if unknown:
+            others = f" (nor are {', '.join(unknown[1:])})" if len(unknown) > 1 else ""
+            raise _fail(
+                f"search_space.{unknown[0]}",
+                f"not a parameter of optimizer {family!r}{others}; allowed: {', '.join(allowed)}",
+            )
+        return value
 
     @field_validator("objectives")
     @classmethod

@@ -147,3 +147,13 @@ def test_openapi_documents_examples_per_family(client: httpx.Client) -> None:
     examples = post["requestBody"]["content"]["application/json"]["examples"]
     assert set(examples) == {"bop", "bop2", "filter", "latent-adam", "latent-sgd"}
     assert "X-API-Key" in str(schema["components"]["securitySchemes"])
+
+
+def test_every_error_is_reported_at_once(client: httpx.Client) -> None:
+    """An unknown field does not hide a parameter of the wrong family (or a bad value)."""
+    spec = _spec(learning_rate=0.1, epochs=0, search_space={"alpha": 0.1, "lr": 0.01})
+    response = client.post("/api/v1/studies", json=spec)
+    assert response.status_code == 422, response.text
+    fields = {e["field"]: e["message"] for e in response.json()["errors"]}
+    assert set(fields) == {"learning_rate", "epochs", "search_space.alpha"}, fields
+    assert "not a parameter of optimizer 'bop' (nor are lr)" in fields["search_space.alpha"]
