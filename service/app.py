@@ -14,6 +14,7 @@ import logging
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import optuna
@@ -36,6 +37,7 @@ __all__ = ["create_app", "RETRY_AFTER_S"]
 
 logger = logging.getLogger(__name__)
 RETRY_AFTER_S = 5
+REAPER_SHUTDOWN_S = 10.0
 
 
 def _unique_id(route: APIRoute) -> str:
@@ -61,32 +63,43 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine.dispose()
 
 
-def _start_reaper(settings: Settings, engine: Engine) -> tuple[asyncio.Task, Reaper] | None:
+@dataclass
+class _RunningReaper:
+    reaper: Reaper
+    stop: asyncio.Event
+    task: asyncio.Task[None]
+
+
+def _start_reaper(settings: Settings, engine: Engine) -> _RunningReaper | None:
     if settings.reaper_interval_s <= 0:
         return None
-    reaper = Reaper(settings, engine)
-    return asyncio.create_task(_reap_forever(reaper, settings.reaper_interval_s)), reaper
+    reaper, stop = Reaper(settings, engine), asyncio.Event()
+    task = asyncio.create_task(_reap_forever(reaper, settings.reaper_interval_s, stop))
+    return _RunningReaper(reaper, stop, task)
 
 
-async def _reap_forever(reaper: Reaper, interval_s: float) -> None:
+async def _reap_forever(reaper: Reaper, interval_s: float, stop: asyncio.Event) -> None:
     """Every ``interval_s``: one reaper pass in a thread (it blocks on the database). Errors
     (database down) are logged and the next pass tries again."""
-    while True:
+    while not stop.is_set():
         try:
             await asyncio.to_thread(reaper.reap_once)
         except Exception as exc:  # noqa: BLE001 - the API must outlive database outages
             logger.warning("stale-trial reaper: %s", exc)
-        await asyncio.sleep(interval_s)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), interval_s)
 
 
-async def _stop_reaper(running: tuple[asyncio.Task, Reaper] | None) -> None:
+async def _stop_reaper(running: _RunningReaper | None) -> None:
+    """Let a pass in progress finish (its thread cannot be cancelled) before closing."""
     if running is None:
         return
-    task, reaper = running
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-    reaper.close()
+    running.stop.set()
+    try:
+        await asyncio.wait_for(running.task, REAPER_SHUTDOWN_S)
+    except TimeoutError:
+        logger.warning("stale-trial reaper busy for %ss; closing anyway", REAPER_SHUTDOWN_S)
+    running.reaper.close()
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
