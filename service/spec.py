@@ -83,6 +83,7 @@ __all__ = [
     "check_limits",
     "load_spec",
     "parse_spec",
+    "stored_spec",
 ]
 
 OptimizerFamily = Literal["bop", "bop2", "filter", "latent-adam", "latent-sgd"]
@@ -456,6 +457,14 @@ class StudySpec(_Strict):
             _check_alpha_le_gamma(self.search_space)
         if len(self.objectives) > 1 and self.pruner.name != "none":
             raise _fail("pruner.name", "pruning needs a single objective; use 'none'")
+        return self
+
+    @model_validator(mode="after")
+    def _check_model_fits_dataset(self, info: ValidationInfo) -> StudySpec:
+        """New specs only: stored ones (``context={"stored": True}``, :func:`stored_spec`)
+        were valid when submitted and must stay readable."""
+        if (info.context or {}).get("stored"):
+            return self
         if reason := INCOMPATIBLE_MODEL_DATASETS.get((self.model, self.dataset)):
             raise _fail("model", reason)
         return self
@@ -614,6 +623,12 @@ def parse_spec(data: Any, settings: Settings | None = None) -> StudySpec:
     if settings is not None and (errors := check_limits(spec, settings)):
         raise SpecError(errors)
     return spec
+
+
+def stored_spec(data: Any) -> StudySpec:
+    """A spec read back from the database: validated again, minus the checks added after it
+    may have been stored (so old studies stay readable)."""
+    return StudySpec.model_validate(data, context={"stored": True})
 
 
 def load_spec(path: str | Path, settings: Settings | None = None) -> StudySpec:

@@ -22,7 +22,7 @@ from service.db import optuna_engine_kwargs
 from service.errors import ConflictError, NotFoundError
 from service.models import Study, optuna_study_name
 from service.schemas import BestTrial, Budget, Progress, TrialPublic
-from service.spec import StudySpec
+from service.spec import StudySpec, stored_spec
 
 __all__ = [
     "make_optuna_storage",
@@ -52,7 +52,7 @@ def make_optuna_storage(url: str) -> RDBStorage:
 
 def spec_of(study: Study) -> StudySpec:
     """The stored spec, validated again (it was valid when stored)."""
-    return StudySpec.model_validate(study.spec)
+    return stored_spec(study.spec)
 
 
 def create_study(

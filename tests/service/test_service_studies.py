@@ -253,3 +253,27 @@ def test_plots(client: httpx.Client, backend_url: str, unique_name: Callable) ->
     assert unknown.status_code == 404 and "violin" in unknown.json()["detail"]
     bad_format = client.get(f"{created['links']['self']}/plots/curves", params={"format": "gif"})
     assert bad_format.status_code == 422
+
+
+def test_a_stored_spec_that_newer_checks_reject_stays_readable(
+    client: httpx.Client, backend_url: str, unique_name: Callable
+) -> None:
+    """binarynet on digits was accepted before the spec refused it: such studies must not 500."""
+    from sqlalchemy.orm import Session
+
+    from service.spec import stored_spec
+    from service.studies import create_study, make_optuna_storage
+
+    spec = stored_spec(_spec(unique_name("old"), model="binarynet", dataset="digits"))
+    engine, storage = make_engine(backend_url), make_optuna_storage(backend_url)
+    try:
+        with Session(engine) as session:
+            study_id = create_study(session, storage, spec).id
+    finally:
+        engine.dispose()
+        storage.engine.dispose()
+    for path in ("", "/trials", "/plots/params"):
+        response = client.get(f"/api/v1/studies/{study_id}{path}")
+        assert response.status_code == 200, (path, response.text)
+    new = _spec(unique_name("new"), model="binarynet", dataset="digits")
+    assert client.post("/api/v1/studies", json=new).status_code == 422
