@@ -7,7 +7,9 @@ back. The API runs :func:`reap_once` every ``reaper_interval_s`` in a background
 * running and stopping studies: ``optuna.storages.fail_stale_trials`` (stale RUNNING -> FAIL, plus
   a WAITING retry through :class:`CleanRetryCallback` while retries are left);
 * stopping studies: WAITING trials are failed (:func:`fail_waiting_trials`, a stopped study is
-  never resumed), and the study becomes ``stopped`` once nothing runs.
+  never resumed), and the study becomes ``stopped`` once nothing runs;
+* running studies whose budget is used up with nothing RUNNING or WAITING (the last trial's
+  worker died and no retry was left): ``completed``.
 
 Workers use the same :class:`CleanRetryCallback` and :func:`fail_waiting_trials`.
 """
@@ -103,19 +105,21 @@ class Reaper:
     def reap_once(self) -> int:
         """Fail stale trials of running/stopping studies, finish stopping ones; returns how
         many studies were looked at. One study's error is logged and does not stop the pass."""
-        with Session(self.engine) as session:
+        with Session(self.engine, expire_on_commit=False) as session:
             query = select(Study).where(Study.status.in_(("running", "stopping")))
-            rows = [(r.id, r.status, r.optuna_study_name, r.spec) for r in session.scalars(query)]
-        for study_id, status, name, spec in rows:
+            rows = list(session.scalars(query))
+            session.expunge_all()
+        for row in rows:
             try:
-                self.reap_study(study_id, status, name or optuna_study_name(study_id), spec)
+                self.reap_study(row)
             except Exception:  # noqa: BLE001 - the reaper never dies on one study
-                logger.exception("reaper: study %s failed", study_id)
+                logger.exception("reaper: study %s failed", row.id)
         return len(rows)
 
-    def reap_study(self, study_id: int, status: str, name: str, spec: dict) -> None:
-        retries = spec.get("max_retries")
+    def reap_study(self, row: Study) -> None:
+        retries = row.spec.get("max_retries")
         storage = self.storage(self.settings.max_retries if retries is None else int(retries))
+        name = row.optuna_study_name or optuna_study_name(row.id)
         try:
             study = optuna.load_study(
                 study_name=name, storage=storage, sampler=optuna.samplers.RandomSampler()
@@ -125,21 +129,36 @@ class Reaper:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             fail_stale_trials(study)
-        if status != "stopping":
-            return
-        if failed := fail_waiting_trials(storage, study._study_id, STOPPED_ERROR):
-            logger.info("reaper: study %s is stopping; failed WAITING trials %s", study_id, failed)
-        if not storage.get_all_trials(study._study_id, states=(TrialState.RUNNING,)):
-            self.set_stopped(study_id)
+        if row.status == "stopping":
+            if failed := fail_waiting_trials(storage, study._study_id, STOPPED_ERROR):
+                logger.info("reaper: study %s stopping; failed WAITING trials %s", row.id, failed)
+            if not storage.get_all_trials(study._study_id, states=(TrialState.RUNNING,)):
+                self.set_status(row, "stopped")
+        elif self.budget_done(storage, study._study_id, row):
+            self.set_status(row, "completed")
 
-    def set_stopped(self, study_id: int) -> None:
+    @staticmethod
+    def budget_done(storage: RDBStorage, optuna_study_id: int, row: Study) -> bool:
+        """Every claim became a trial and nothing is RUNNING or WAITING (the worker's rule; a
+        claim between its UPDATE and ``ask()`` has no trial yet, so it keeps the study open)."""
+        if row.n_claimed < row.n_trials:
+            return False
+        trials = storage.get_all_trials(optuna_study_id, deepcopy=False)
+        if any(t.state in (TrialState.RUNNING, TrialState.WAITING) for t in trials):
+            return False
+        return sum("failed_trial" not in t.system_attrs for t in trials) >= row.n_claimed
+
+    def set_status(self, row: Study, status: str) -> None:
+        """``stopping -> stopped`` or ``running -> completed`` (only if ``n_claimed`` is
+        unchanged, so a claim made meanwhile keeps the study running)."""
         now = datetime.now(UTC)
         with Session(self.engine) as session, session.begin():
             result = session.execute(
                 update(Study)
-                .where(Study.id == study_id, Study.status == "stopping")
-                .values(status="stopped", updated_at=now, finished_at=now)
+                .where(Study.id == row.id, Study.status == row.status)
+                .where(Study.n_claimed == row.n_claimed)
+                .values(status=status, updated_at=now, finished_at=now)
                 .execution_options(synchronize_session=False)
             )
         if result.rowcount == 1:
-            logger.info("reaper: study %s -> stopped", study_id)
+            logger.info("reaper: study %s -> %s", row.id, status)

@@ -17,7 +17,7 @@ import optuna
 from optuna.storages import RDBStorage
 
 from service.app import create_app
-from service.db import make_engine, session_scope, set_study_status
+from service.db import claim_trial_slot, make_engine, session_scope, set_study_status
 from service.settings import Settings
 from service.spec import SPEC_EXAMPLES
 
@@ -113,3 +113,29 @@ def test_reaper_can_be_turned_off(
             engine.dispose()
         time.sleep(2.0)
         assert [t["state"] for t in _trials(client, created["id"])] == ["RUNNING"]
+
+
+def test_reaper_completes_a_study_whose_last_worker_died_without_retries(
+    database_url: str,
+    live_server: Callable[..., AbstractContextManager[str]],
+    unique_name: Callable[..., str],
+) -> None:
+    settings = Settings(
+        database_url=database_url, heartbeat_interval_s=1, grace_period_s=1, reaper_interval_s=0.3
+    )
+    with live_server(create_app(settings)) as base, httpx.Client(base_url=base) as client:
+        spec = {**SPEC_EXAMPLES["bop"], "name": unique_name("last"), "n_trials": 1}
+        created = client.post("/api/v1/studies", json={**spec, "max_retries": 0}).json()
+        engine = make_engine(database_url)
+        try:
+            with session_scope(engine) as session:  # what a worker does before ask()
+                assert claim_trial_slot(session, created["id"])
+        finally:
+            engine.dispose()
+        _dead_worker_trial(database_url, created["optuna_study_name"])
+
+        path = f"/api/v1/studies/{created['id']}"
+        _wait(lambda: client.get(path).json()["status"] == "completed")
+        body = client.get(path).json()
+        assert body["progress"]["n_failed"] == 1 and body["progress"]["n_total"] == 1
+        assert body["finished_at"] is not None
