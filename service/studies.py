@@ -64,8 +64,15 @@ def create_study(
     row is committed first and deleted again if the Optuna study cannot be created. A worker
     that sees the row within that window simply finds no Optuna study yet and retries later.
     """
-    if session.scalar(select(Study.id).where(Study.name == spec.name)) is not None:
-        raise ConflictError(f"a study named {spec.name!r} already exists")
+    existing = session.execute(
+        select(Study.id, Study.status).where(Study.name == spec.name)
+    ).first()
+    if existing is not None:
+        study_id, status = existing
+        hint = "; names of deleted studies are not reused" if status == "deleted" else ""
+        raise ConflictError(
+            f"a study named {spec.name!r} already exists (id {study_id}, {status}){hint}"
+        )
     study = Study(
         name=spec.name,
         spec=spec.model_dump(mode="json"),

@@ -228,6 +228,10 @@ def test_delete_rules(client: httpx.Client, backend_url: str, unique_name: Calla
     assert created["id"] not in {s["id"] for s in listed}
     deleted = client.get("/api/v1/studies", params={"status": "deleted", "limit": 1000}).json()
     assert created["id"] in {s["id"] for s in deleted["data"]}
+    again = client.post("/api/v1/studies", json=_spec(created["name"]))
+    assert again.status_code == 409  # the hidden, deleted study still owns the name: say so
+    assert f"id {created['id']}, deleted" in again.json()["detail"]
+    assert "not reused" in again.json()["detail"]
 
     busy = _create(client, _spec(unique_name("del")))
     engine = make_engine(backend_url)
