@@ -11,13 +11,16 @@ back. The API runs :func:`reap_once` every ``reaper_interval_s`` in a background
 * running studies whose budget is used up with nothing RUNNING or WAITING (the last trial's
   worker died and no retry was left): ``completed``.
 
-Workers use the same :class:`CleanRetryCallback` and :func:`fail_waiting_trials`.
+Heartbeats stop while the database is down, so after an outage (and after the API starts) the
+reaper waits one grace period of reachable database before it judges trials stale. Workers use
+the same :class:`CleanRetryCallback` and :func:`fail_waiting_trials`.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
+import time
 import warnings
 from datetime import UTC, datetime
 
@@ -25,6 +28,7 @@ import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback, fail_stale_trials
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import Engine, select, update
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from service.db import optuna_engine_kwargs
@@ -79,6 +83,14 @@ class Reaper:
         self.settings = settings
         self.engine = engine
         self._storages: dict[int, RDBStorage] = {}
+        self._reachable_since: float | None = None  # monotonic; None: down or not seen yet
+
+    def may_fail_stale(self) -> bool:
+        """Heartbeats stop while the database is down; a trial is only judged stale once the
+        database has been reachable for a whole grace period (since this API started, or since
+        the last outage), so that live workers have beaten again."""
+        since = self._reachable_since
+        return since is not None and time.monotonic() - since >= self.settings.grace_period_s
 
     def storage(self, max_retry: int) -> RDBStorage:
         """One heartbeat-aware storage (one engine) per retry policy, as in the worker."""
@@ -105,13 +117,22 @@ class Reaper:
     def reap_once(self) -> int:
         """Fail stale trials of running/stopping studies, finish stopping ones; returns how
         many studies were looked at. One study's error is logged and does not stop the pass."""
-        with Session(self.engine, expire_on_commit=False) as session:
-            query = select(Study).where(Study.status.in_(("running", "stopping")))
-            rows = list(session.scalars(query))
-            session.expunge_all()
+        try:
+            with Session(self.engine, expire_on_commit=False) as session:
+                query = select(Study).where(Study.status.in_(("running", "stopping")))
+                rows = list(session.scalars(query))
+                session.expunge_all()
+        except DBAPIError:
+            self._reachable_since = None
+            raise
+        if self._reachable_since is None:
+            self._reachable_since = time.monotonic()
         for row in rows:
             try:
                 self.reap_study(row)
+            except (DBAPIError, optuna.exceptions.StorageInternalError):
+                self._reachable_since = None  # down again: end this pass, start the clock anew
+                raise
             except Exception:  # noqa: BLE001 - the reaper never dies on one study
                 logger.exception("reaper: study %s failed", row.id)
         return len(rows)
@@ -126,9 +147,10 @@ class Reaper:
             )
         except KeyError:
             return
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            fail_stale_trials(study)
+        if self.may_fail_stale():
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                fail_stale_trials(study)
         if row.status == "stopping":
             if failed := fail_waiting_trials(storage, study._study_id, STOPPED_ERROR):
                 logger.info("reaper: study %s stopping; failed WAITING trials %s", row.id, failed)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from urllib.parse import urlsplit, urlunsplit
@@ -158,3 +159,66 @@ def test_database_down_from_the_start_is_503_with_the_cause(
             assert response.json()["detail"].startswith("database unavailable"), response.text
             assert "max length" not in response.json()["detail"]
             assert int(response.headers["Retry-After"]) > 0
+
+
+def test_reaper_does_not_fail_live_trials_after_an_outage(
+    postgres_url: str,
+    live_server: Callable[..., AbstractContextManager[str]],
+    unique_name: Callable[..., str],
+) -> None:
+    """Heartbeats cannot reach a database that is down. When it comes back, the API's reaper
+    must give workers a grace period to beat again instead of failing their live trials."""
+    import warnings
+
+    import optuna
+    from optuna.storages import RDBStorage
+    from optuna.trial import TrialState
+
+    from service.db import make_engine, session_scope, set_study_status
+
+    parts = urlsplit(postgres_url)
+    proxy = TcpProxy((parts.hostname or "127.0.0.1", parts.port or 5432))
+    url = urlunsplit(parts._replace(netloc=f"{parts.username}@127.0.0.1:{proxy.port}"))
+    settings = Settings(
+        database_url=url, heartbeat_interval_s=1, grace_period_s=2, reaper_interval_s=0.2
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        worker = RDBStorage(postgres_url, heartbeat_interval=1, grace_period=2)  # not proxied
+    try:
+        with live_server(create_app(settings)) as base, httpx.Client(base_url=base) as http:
+            spec = {**SPEC_EXAMPLES["bop"], "name": unique_name("beat")}
+            created = http.post("/api/v1/studies", json=spec).json()
+            engine = make_engine(postgres_url)
+            with session_scope(engine) as session:
+                set_study_status(session, created["id"], "running")
+            engine.dispose()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                trial = optuna.load_study(study_name=created["optuna_study_name"], storage=worker)
+                trial_id = trial.ask()._trial_id
+
+            def beat_for(seconds: float) -> None:  # a live worker: a beat every 0.5 s
+                for _ in range(int(seconds / 0.5)):
+                    worker.record_heartbeat(trial_id)
+                    time.sleep(0.5)
+
+            beat_for(3.0)  # meanwhile the reaper got armed (reachable for a grace period)
+            assert worker.get_trial(trial_id).state == TrialState.RUNNING
+
+            proxy.cut()  # the worker's beats stop too (they cannot reach the database)
+            time.sleep(3.0)
+            proxy.restore()
+            time.sleep(1.0)  # the reaper passes again; the worker beats at its next interval
+            assert worker.get_trial(trial_id).state == TrialState.RUNNING
+            beat_for(3.0)
+            assert worker.get_trial(trial_id).state == TrialState.RUNNING
+
+            deadline = time.monotonic() + 10  # a worker that stays silent is still reaped
+            while worker.get_trial(trial_id).state == TrialState.RUNNING:
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+            assert worker.get_trial(trial_id).state == TrialState.FAIL
+    finally:
+        worker.engine.dispose()
+        proxy.close()
