@@ -165,8 +165,11 @@ class Reaper:
         claim between its UPDATE and ``ask()`` has no trial yet, so it keeps the study open)."""
         if row.n_claimed < row.n_trials:
             return False
+        busy = (TrialState.RUNNING, TrialState.WAITING)
+        if storage.get_all_trials(optuna_study_id, deepcopy=False, states=busy):
+            return False  # the usual case while the last trials train: no full load
         trials = storage.get_all_trials(optuna_study_id, deepcopy=False)
-        if any(t.state in (TrialState.RUNNING, TrialState.WAITING) for t in trials):
+        if any(t.state in busy for t in trials):
             return False
         return sum("failed_trial" not in t.system_attrs for t in trials) >= row.n_claimed
 
