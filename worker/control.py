@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from collections.abc import Callable
 from types import FrameType, TracebackType
 
 from optuna.storages import BaseStorage
@@ -37,10 +38,17 @@ class Heartbeat:
     every ``interval`` seconds until the block ends. Storage errors (database briefly down) are
     logged and retried at the next beat; they never reach the trial."""
 
-    def __init__(self, storage: BaseStorage, trial_id: int, interval: float | None) -> None:
+    def __init__(
+        self,
+        storage: BaseStorage,
+        trial_id: int,
+        interval: float | None,
+        on_result: Callable[[bool], None] | None = None,
+    ) -> None:
         self._storage = storage
         self._trial_id = trial_id
         self._interval = interval
+        self._on_result = on_result  # told whether each beat reached the database
         self._done = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -51,8 +59,14 @@ class Heartbeat:
             from worker.trial import db_error_text
 
             logger.warning("heartbeat of trial %s failed: %s", self._trial_id, db_error_text(exc))
+            self._report(False)
             return False
+        self._report(True)
         return True
+
+    def _report(self, reached: bool) -> None:
+        if self._on_result is not None:
+            self._on_result(reached)
 
     def _run(self) -> None:
         assert self._interval is not None

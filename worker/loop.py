@@ -19,7 +19,9 @@ retry after a claim, the claim is given back. Hence COMPLETE + PRUNED + finally-
 (a FAIL with no retry after it) == n_trials when the study completes.
 
 Database outages never crash the loop: transient errors back off (1 s doubling to
-``reconnect_max_s``) and the engines reconnect (``pool_pre_ping``). Writes inside a trial are
+``reconnect_max_s``) and the engines reconnect (``pool_pre_ping``). After an outage (seen by the
+loop or a heartbeat) no trial is judged stale until the database has been back for a grace
+period, since no worker could beat meanwhile. Writes inside a trial are
 retried (see :func:`worker.trial.retry_db`).
 """
 
@@ -137,6 +139,8 @@ class Worker:
         self._waiting_reason: dict[int, str | None] = {}
         self._leaks: dict[tuple[int, int, int], float] = {}
         self._dataset: tuple[tuple[Any, ...], Any] | None = None
+        self._db_down = False
+        self._db_back_at: float | None = None  # monotonic time the database came back
 
     def _pool(self) -> dict[str, Any]:
         if self.settings.database_url.startswith("sqlite"):
@@ -154,6 +158,7 @@ class Worker:
                 worked = self.step()
                 delay = 1.0
             except TRANSIENT_DB_ERRORS as exc:
+                self.db_reached(False)
                 self.stats.db_errors += 1
                 logger.warning(
                     "database unavailable (%s); retrying in %.0fs", db_error_text(exc), delay
@@ -184,7 +189,9 @@ class Worker:
 
     def step(self) -> bool:
         """One pass over the active studies; True when a trial ran."""
-        for row in self.active_studies():
+        rows = self.active_studies()
+        self.db_reached(True)
+        for row in rows:
             handle = self.handle(row)
             if handle is None:
                 continue
@@ -351,9 +358,27 @@ class Worker:
         logger.warning("study %s: gave back %d leaked claim(s)", handle.id, claimed - originals)
         self._leaks.pop(key, None)
 
+    def db_reached(self, reached: bool) -> None:
+        """Told by the loop and the heartbeat thread whether the database answered."""
+        if not reached:
+            self._db_down = True
+        elif self._db_down:
+            self._db_down = False
+            self._db_back_at = time.monotonic()
+
+    def may_fail_stale(self) -> bool:
+        """Heartbeats cannot be written while the database is down: after an outage this
+        worker saw, trials are judged stale only once the database has been back for a grace
+        period (time for their live workers to beat again)."""
+        back = self._db_back_at
+        if self._db_down:
+            return False
+        return back is None or time.monotonic() - back >= self.settings.grace_period_s
+
     def recover(self, handle: StudyHandle) -> None:
         """Trials of dead workers -> FAIL, each with a WAITING retry (if retries are left)."""
-        _fail_stale(handle.study)
+        if self.may_fail_stale():
+            _fail_stale(handle.study)
         self.reap_orphans(handle)
 
     def reap_orphans(self, handle: StudyHandle) -> None:
@@ -468,7 +493,7 @@ class Worker:
         spec = handle.spec
         device = self.trial_device(spec)
         interval = self.settings.heartbeat_interval_s
-        with Heartbeat(handle.storage, trial._trial_id, interval):
+        with Heartbeat(handle.storage, trial._trial_id, interval, self.db_reached):
             outcome = train_trial(
                 spec,
                 trial,

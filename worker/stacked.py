@@ -97,7 +97,10 @@ class StackedRun:
         train); None when the budget, the study or the worker says stop."""
         while (trial := self._claim()) is not None:
             heartbeat = Heartbeat(
-                self.handle.storage, trial._trial_id, self.worker.settings.heartbeat_interval_s
+                self.handle.storage,
+                trial._trial_id,
+                self.worker.settings.heartbeat_interval_s,
+                self.worker.db_reached,
             ).__enter__()
             started = time.perf_counter()
             try:

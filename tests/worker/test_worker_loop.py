@@ -224,6 +224,34 @@ def test_sigterm_in_a_stopping_study_does_not_enqueue_a_retry(sqlite_url: str) -
     assert study_row(sqlite_url, study_id).status == "stopped"
 
 
+def test_after_an_outage_live_trials_get_a_grace_period_to_beat_again(database_url: str) -> None:
+    study_id = new_study(database_url, n_trials=2, max_retries=1)
+    settings = worker_settings(database_url, grace_period_s=1)
+    other = Worker(settings, study_ids=[study_id])  # a live worker, training one trial
+    (row,) = other.active_studies()
+    theirs = other.handle(row)
+    assert theirs is not None
+    trial = other.claim_trial(theirs)
+    assert trial is not None
+    theirs.storage.record_heartbeat(trial._trial_id)
+    me = Worker(settings, study_ids=[study_id])
+    (row,) = me.active_studies()
+    mine = me.handle(row)
+    assert mine is not None
+    me.db_reached(False)  # the database goes down: nobody's beats get through
+    time.sleep(1.5)
+    me.recover(mine)
+    me.db_reached(True)  # it is back (what the loop and the heartbeat thread report)
+    me.recover(mine)
+    state = theirs.storage.get_trial(trial._trial_id).state
+    assert state == TrialState.RUNNING  # its worker has not had the chance to beat again
+    time.sleep(1.2)  # a whole grace period back, still no beat: that worker is gone
+    me.recover(mine)
+    assert theirs.storage.get_trial(trial._trial_id).state == TrialState.FAIL
+    other.close()
+    me.close()
+
+
 def test_timeout_stops_starting_trials(sqlite_url: str) -> None:
     study_id = new_study(sqlite_url, n_trials=50, timeout_s=0.5)
     stats = run_study(study_id, worker_settings(sqlite_url), train_fn=fake_train(0.2))
