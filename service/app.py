@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -139,10 +140,25 @@ async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
 
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    if not _key_ok(request):  # FastAPI decodes a JSON body before it runs the key dependency
+        return JSONResponse(
+            {"detail": "missing or wrong X-API-Key header"},
+            status_code=401,
+            headers={"WWW-Authenticate": "APIKey"},
+        )
     flat = spec_errors(exc)  # type: ignore[arg-type]
     errors = [_body_error(raw, e) for raw, e in zip(exc.errors(), flat, strict=True)]
     fields = ", ".join(e["field"] for e in errors)
     return JSONResponse({"detail": f"invalid input ({fields})", "errors": errors}, 422)
+
+
+def _key_ok(request: Request) -> bool:
+    """Whether the request may see /api/v1 answers (no key configured, or the right one)."""
+    key = request.app.state.settings.api_key
+    if not key or not request.url.path.startswith("/api/"):
+        return True
+    given = request.headers.get("X-API-Key")
+    return given is not None and secrets.compare_digest(given, key)
 
 
 def _body_error(raw: Any, error: dict[str, str]) -> dict[str, str]:

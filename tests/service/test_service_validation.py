@@ -132,6 +132,10 @@ def test_api_key_required_when_set(keyed_server: str) -> None:
         wrong = http.get("/api/v1/studies", headers={"X-API-Key": "nope"})
         assert wrong.status_code == 401
         assert http.post("/api/v1/studies", json=_spec()).status_code == 401
+        malformed = {"content-type": "application/json"}
+        assert http.post("/api/v1/studies", content=b"{", headers=malformed).status_code == 401
+        keyed = {**malformed, "X-API-Key": "s3cret"}
+        assert http.post("/api/v1/studies", content=b"{", headers=keyed).status_code == 422
         ok = http.get("/api/v1/studies", headers={"X-API-Key": "s3cret"})
         assert ok.status_code == 200 and "data" in ok.json()
 
