@@ -140,6 +140,7 @@ class Worker:
         self._leaks: dict[tuple[int, int, int], float] = {}
         self._dataset: tuple[tuple[Any, ...], Any] | None = None
         self._db_down = False
+        self._skip_logged: set[str] = set()
         self._db_back_at: float | None = None  # monotonic time the database came back
 
     def _pool(self) -> dict[str, Any]:
@@ -200,6 +201,8 @@ class Worker:
                 continue
             if self.timed_out(handle, row):
                 self.maybe_complete(handle, row, timed_out=True)
+                continue
+            if not self.can_serve(handle.spec):
                 continue
             trial = self.claim_trial(handle)
             if trial is None:
@@ -483,6 +486,18 @@ class Worker:
         with session_scope(self.engine) as session:
             row = session.execute(query).first()
         return ("deleted", None) if row is None else (row[0], _utc(row[1]))
+
+    def can_serve(self, spec: StudySpec) -> bool:
+        """A study that asks for ``cuda``/``cuda:N``/``mps`` is left to workers with that kind
+        of device (a CPU worker would train it on the CPU, silently and slowly); ``auto`` and
+        ``cpu`` studies run anywhere. Which GPU is the worker's choice (CUDA_VISIBLE_DEVICES)."""
+        wanted = spec.device.split(":")[0]
+        if wanted in ("auto", "cpu") or self.device.split(":")[0] == wanted:
+            return True
+        if spec.name not in self._skip_logged:
+            logger.info("study %s wants %s, not %s", spec.name, spec.device, self.device)
+            self._skip_logged.add(spec.name)
+        return False
 
     def trial_device(self, spec: StudySpec) -> str:
         return "cpu" if spec.device == "cpu" else self.device

@@ -252,6 +252,21 @@ def test_after_an_outage_live_trials_get_a_grace_period_to_beat_again(database_u
     me.close()
 
 
+def test_a_cpu_worker_leaves_cuda_studies_to_gpu_workers(sqlite_url: str) -> None:
+    gpu_study = new_study(sqlite_url, n_trials=1, device="cuda:1")
+    any_study = new_study(sqlite_url, n_trials=1, device="auto")
+    stats = run_worker(
+        worker_settings(sqlite_url, device="cpu"),
+        study_ids=[gpu_study, any_study],
+        train_fn=fake_train(),
+    )
+    assert stats.trials == 1
+    assert study_trials(sqlite_url, gpu_study) == []
+    row = study_row(sqlite_url, gpu_study)
+    assert (row.status, row.n_claimed) == ("queued", 0)
+    assert study_row(sqlite_url, any_study).status == "completed"
+
+
 def test_timeout_stops_starting_trials(sqlite_url: str) -> None:
     study_id = new_study(sqlite_url, n_trials=50, timeout_s=0.5)
     stats = run_study(study_id, worker_settings(sqlite_url), train_fn=fake_train(0.2))
