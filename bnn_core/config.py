@@ -79,7 +79,8 @@ class OptimizerConfig:
     """Binary-weight optimizer and its hyperparameters; real parameters always use Adam.
 
     Only the fields of the chosen ``name`` are used:
-    ``bop``: gamma, threshold; ``bop2``: gamma, sigma, threshold;
+    ``bop``: gamma, threshold; ``bop2``: gamma, sigma, threshold, bias_correction (the
+    "unbiased" variant);
     ``filter``: alpha, gamma (the cascaded EMA of Quist et al.);
     ``latent-adam`` / ``latent-sgd``: lr, momentum (sgd), weight_decay, decoupled_weight_decay,
     latent_init_scale.
@@ -94,6 +95,7 @@ class OptimizerConfig:
     momentum: float = 0.9
     weight_decay: float = 0.0
     decoupled_weight_decay: bool = False
+    bias_correction: bool = False
     latent_init_scale: float | None = None
     gamma_schedule: Schedule = field(default_factory=Schedule)
     threshold_schedule: Schedule = field(default_factory=Schedule)
@@ -122,6 +124,11 @@ class OptimizerConfig:
             0 <= self.momentum < 1,
             "optimizer.momentum",
             f"must be in [0, 1), got {self.momentum!r}",
+        )
+        _require(
+            isinstance(self.bias_correction, bool),
+            "optimizer.bias_correction",
+            f"must be a bool, got {self.bias_correction!r}",
         )
         if self.latent_init_scale is not None:
             _require(self.latent_init_scale > 0, "optimizer.latent_init_scale", "must be > 0")

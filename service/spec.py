@@ -60,6 +60,7 @@ from service.settings import Settings
 
 __all__ = [
     "OPTIMIZER_FAMILIES",
+    "BOOL_PARAMS",
     "FAMILY_PARAMS",
     "SCHEDULE_PARAMS",
     "SCHEDULE_KINDS",
@@ -90,12 +91,14 @@ OptimizerFamily = Literal["bop", "bop2", "filter", "latent-adam", "latent-sgd"]
 OPTIMIZER_FAMILIES: tuple[str, ...] = ("bop", "bop2", "filter", "latent-adam", "latent-sgd")
 FAMILY_PARAMS: dict[str, tuple[str, ...]] = {
     "bop": ("gamma", "threshold", "real_lr", "gamma_schedule"),
-    "bop2": ("gamma", "sigma", "threshold", "real_lr"),
+    "bop2": ("gamma", "sigma", "threshold", "real_lr", "sigma_schedule", "bias_correction"),
     "filter": ("alpha", "gamma", "real_lr", "alpha_schedule"),
     "latent-adam": ("lr", "weight_decay", "latent_init_scale", "real_lr"),
     "latent-sgd": ("lr", "momentum", "weight_decay", "latent_init_scale", "real_lr"),
 }
-SCHEDULE_PARAMS: frozenset[str] = frozenset({"gamma_schedule", "alpha_schedule"})
+SCHEDULE_PARAMS: frozenset[str] = frozenset({"gamma_schedule", "alpha_schedule", "sigma_schedule"})
+# Parameters that are a bool: fixed ``true``/``false`` or ``{choices: [true, false]}``.
+BOOL_PARAMS: frozenset[str] = frozenset({"bias_correction"})
 SCHEDULE_KINDS: tuple[str, ...] = ("constant", "staircase", "linear", "cosine", "linear-epoch")
 ZERO_CHOICE_PARAMS: frozenset[str] = frozenset({"threshold", "weight_decay"})
 PARAM_ALIASES: dict[str, str] = {"tau": "threshold"}
@@ -222,16 +225,17 @@ def _param_kind(value: Any) -> str:
     return "fixed"
 
 
-def _fixed_value(value: Any) -> float | int | str:
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
+def _fixed_value(value: Any) -> bool | float | int | str:
+    # bools pass here; _check_param accepts them only for BOOL_PARAMS.
+    if not isinstance(value, bool | int | float | str):
         raise ValueError(f"must be a number, a range, choices or a schedule, got {value!r}")
     return value
 
 
 FixedValue = Annotated[
-    float | int | str,
+    bool | float | int | str,
     PlainValidator(_fixed_value),
-    WithJsonSchema({"anyOf": [{"type": "number"}, {"type": "string"}]}),
+    WithJsonSchema({"anyOf": [{"type": "number"}, {"type": "string"}, {"type": "boolean"}]}),
 ]
 
 ParamSpec = Annotated[
@@ -502,6 +506,10 @@ def _check_param(name: str, param: Any, sampler: str) -> Any:
     field = f"search_space.{name}"
     if name in SCHEDULE_PARAMS:
         return _check_schedule_param(field, param)
+    if name in BOOL_PARAMS:
+        return _check_bool_param(field, param)
+    if isinstance(param, bool):
+        raise _fail(field, f"must be a number, a range or choices, got {param!r}")
     if isinstance(param, ScheduleSpec):
         raise _fail(field, "a schedule object is only valid for *_schedule parameters")
     if isinstance(param, str):
@@ -521,6 +529,17 @@ def _check_param(name: str, param: Any, sampler: str) -> Any:
     else:
         _check_number(name, float(param), field)
     return param
+
+
+def _check_bool_param(field: str, param: Any) -> Any:
+    if isinstance(param, bool):
+        return param
+    if isinstance(param, ChoiceSpec):
+        for i, choice in enumerate(param.choices):
+            if not isinstance(choice, bool):
+                raise _fail(f"{field}.choices.{i}", f"must be true or false, got {choice!r}")
+        return param
+    raise _fail(field, "must be true, false or {choices: [true, false]}")
 
 
 def _check_schedule_param(field: str, param: Any) -> Any:

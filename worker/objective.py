@@ -23,7 +23,14 @@ import optuna
 from optuna.trial import BaseTrial
 
 from bnn_core.config import OptimizerConfig, Schedule, TrainConfig
-from service.spec import SCHEDULE_PARAMS, ChoiceSpec, RangeSpec, ScheduleSpec, StudySpec
+from service.spec import (
+    BOOL_PARAMS,
+    SCHEDULE_PARAMS,
+    ChoiceSpec,
+    RangeSpec,
+    ScheduleSpec,
+    StudySpec,
+)
 
 __all__ = [
     "InfeasibleParams",
@@ -119,6 +126,8 @@ def build_optimizer_config(family: str, values: dict[str, Any]) -> OptimizerConf
     for name, value in values.items():
         if name in SCHEDULE_PARAMS:
             kwargs[name] = _schedule(value)
+        elif name in BOOL_PARAMS:
+            kwargs[name] = bool(value)
         else:
             kwargs[name] = float(value)
     return OptimizerConfig(name=family, **kwargs)

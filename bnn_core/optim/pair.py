@@ -121,7 +121,13 @@ def _build_bop(params: list[nn.Parameter], config: OptimizerConfig) -> Optimizer
 
 
 def _build_bop2(params: list[nn.Parameter], config: OptimizerConfig) -> Optimizer:
-    return Bop2ndOrder(params, gamma=config.gamma, sigma=config.sigma, threshold=config.threshold)
+    return Bop2ndOrder(
+        params,
+        gamma=config.gamma,
+        sigma=config.sigma,
+        threshold=config.threshold,
+        bias_correction=config.bias_correction,
+    )
 
 
 def _build_filter(params: list[nn.Parameter], config: OptimizerConfig) -> Optimizer:

@@ -46,8 +46,10 @@ class StackedOptimizer:
     """One step = the binary optimizer of every trial + per-trial Adam on real parameters.
 
     ``family``: ``bop`` (Bop), ``bop2`` (Bop2ndOrder; ``bias_correction``, ``eps``) or
-    ``filter`` (CEMA). Set hyperparameters with ``set_hyperparameters`` before each step
-    (``[N]`` values; the trainer evaluates each trial's schedules at that trial's step).
+    ``filter`` (CEMA). ``bias_correction`` is every trial's default; ``set_bias_correction``
+    picks the biased or "unbiased" Bop2ndOrder variant per trial. Set hyperparameters with
+    ``set_hyperparameters`` before each step (``[N]`` values; the trainer evaluates each
+    trial's schedules at that trial's step).
     """
 
     def __init__(
@@ -78,6 +80,10 @@ class StackedOptimizer:
         self.buffer = torch.zeros(OPTIMIZER_ROWS, n, device=device)
         self.buffer[ROW_BC2_SQRT] = 1.0
         self.hyper = {name: self.buffer[i] for i, name in enumerate(HYPERPARAMETER_NAMES)}
+        # Per-trial Bop2ndOrder variant, on the device and (to skip the masked path when no
+        # trial uses it, without a sync) on the host.
+        self.unbiased_trials = [bias_correction] * n
+        self.unbiased = torch.full((n,), bias_correction, dtype=torch.bool, device=device)
         self.adam_step_size = self.buffer[ROW_STEP_SIZE]
         self.adam_bc2_sqrt = self.buffer[ROW_BC2_SQRT]
         self.state = {
@@ -156,8 +162,14 @@ class StackedOptimizer:
         v = trial_view(self.state["v"][index], n)
         sigma = _broadcast(self.hyper["sigma"], v)
         v.lerp_(g.square(), sigma)
-        if self.bias_correction:
+        if all(self.unbiased_trials):
             return (m / gamma) / ((v / sigma).sqrt_().add_(self.eps))
+        if any(self.unbiased_trials):
+            # Divide by 1 (exact: the biased score) where a trial uses the biased variant.
+            unbiased = _broadcast(self.unbiased, m)
+            m_scale = torch.where(unbiased, gamma, 1.0)
+            v_scale = torch.where(unbiased, sigma, 1.0)
+            return (m / m_scale) / ((v / v_scale).sqrt_().add_(self.eps))
         return m / v.sqrt().add_(self.eps)
 
     def _adam_step(self) -> None:
@@ -183,6 +195,11 @@ class StackedOptimizer:
 
     # ------------------------------------------------------------------ slots
     @torch.no_grad()
+    def set_bias_correction(self, index: int, bias_correction: bool) -> None:
+        """Use the "unbiased" Bop2ndOrder variant for trial ``index`` (or the biased one)."""
+        self.unbiased_trials[index] = bias_correction
+        self.unbiased[index] = bias_correction
+
     def reset_trials(self, indices: Iterable[int]) -> None:
         """Zero all optimizer state of the given trials (a freed slot gets a fresh trial)."""
         n = self.n_trials

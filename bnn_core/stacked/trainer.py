@@ -330,6 +330,7 @@ class StackedTrainer:
     def _install(self, index: int, slot: _Slot) -> None:
         self.train_index[:, index] = torch.from_numpy(slot.train_index).to(self.device)
         self.val_index[:, index] = torch.from_numpy(slot.val_index).to(self.device)
+        self.optimizer.set_bias_correction(index, slot.config.optimizer.bias_correction)
         self.slots[index] = slot
 
     # ------------------------------------------------------------------ one group epoch

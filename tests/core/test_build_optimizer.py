@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from bnn_core.config import OptimizerConfig, Schedule
+from bnn_core.config import ConfigError, OptimizerConfig, Schedule
 from bnn_core.layers import BinaryConv2d, BinaryLinear, SignActivation
 from bnn_core.models import build_model
 from bnn_core.optim import CEMA, SGDW, Bop, Bop2ndOrder, build_optimizer
@@ -291,3 +291,31 @@ def test_bop2_cifar_recipe_schedules_gamma_sigma_and_threshold_per_step() -> Non
         assert (group["gamma"], group["sigma"], group["threshold"]) == pytest.approx(
             (gamma, sigma, tau), rel=1e-12
         )
+
+
+@pytest.mark.parametrize(("bias_correction", "flips"), [(False, False), (True, True)])
+def test_bop2_bias_correction_picks_the_unbiased_variant(
+    bias_correction: bool, flips: bool
+) -> None:
+    # One weight w = +1 and one step with g = 1 from zero state, gamma = sigma = 0.5:
+    # m = 0.5, v = 0.5. Biased score w m / sqrt(v) = 0.707 <= tau = 0.9: no flip;
+    # unbiased (m / gamma) / sqrt(v / sigma) = 1 > 0.9: flip.
+    model = nn.Sequential(BinaryLinear(1, 1))
+    config = OptimizerConfig(
+        name="bop2", gamma=0.5, sigma=0.5, threshold=0.9, bias_correction=bias_correction
+    )
+    pair = build_optimizer(model, config, steps_per_epoch=1, epochs=1)
+    assert pair.real is None
+    assert pair.binary.param_groups[0]["bias_correction"] is bias_correction
+    weight = model[0].weight
+    with torch.no_grad():
+        weight.fill_(1.0)
+    weight.grad = torch.ones_like(weight)
+    pair.step()
+    assert weight.item() == (-1.0 if flips else 1.0)
+
+
+def test_bias_correction_must_be_a_bool() -> None:
+    with pytest.raises(ConfigError) as info:
+        OptimizerConfig(name="bop2", bias_correction=1)  # type: ignore[arg-type]
+    assert info.value.field == "optimizer.bias_correction"

@@ -125,6 +125,23 @@ FAMILIES = {
         {"gamma": [1e-1, 3e-2, 0.5], "sigma": [1e-2, 0.1, 0.3], "threshold": [0.5, 0.2, 0.9]},
         ("m", "v"),
     ),
+    # Trial 0 biased, trials 1 and 2 unbiased in one stack (set_bias_correction per trial).
+    "bop2-mixed": (
+        lambda p, h: Bop2ndOrder(
+            p,
+            gamma=h["gamma"],
+            sigma=h["sigma"],
+            threshold=h["threshold"],
+            bias_correction=bool(h["unbiased"]),
+        ),
+        {
+            "gamma": [1e-1, 3e-2, 0.5],
+            "sigma": [1e-2, 0.1, 0.3],
+            "threshold": [0.5, 0.2, 0.9],
+            "unbiased": [0, 1, 1],
+        },
+        ("m", "v"),
+    ),
 }
 
 
@@ -134,10 +151,12 @@ def test_stacked_flips_exactly_like_single_optimizer(family: str) -> None:
     models = make_models("conv-small")
     network = stack_models(models)
     unbiased = family == "bop2-unbiased"
-    stacked = StackedOptimizer(network, family.removesuffix("-unbiased"), bias_correction=unbiased)
+    stacked = StackedOptimizer(network, family.split("-")[0], bias_correction=unbiased)
     stacked.set_hyperparameters(
-        {k: torch.tensor(v, dtype=torch.float64) for k, v in hyper.items()}
+        {k: torch.tensor(v, dtype=torch.float64) for k, v in hyper.items() if k != "unbiased"}
     )
+    for n, flag in enumerate(hyper.get("unbiased", [])):
+        stacked.set_bias_correction(n, bool(flag))
     singles = [
         build(_binary_of(m), {k: v[n] for k, v in hyper.items()}) for n, m in enumerate(models)
     ]
@@ -268,6 +287,33 @@ def test_train_stacked_matches_train_per_trial() -> None:
             assert a.flip_ratio == pytest.approx(b.flip_ratio, rel=0.05, abs=1e-6)
             assert a.hyperparameters == b.hyperparameters
             assert a.flip_ratio_per_layer.keys() == b.flip_ratio_per_layer.keys()
+
+
+def test_stacked_bop2_bias_correction_is_per_trial() -> None:
+    # A mixed stack (trial 0 biased, trial 1 unbiased) trains each trial like a stack in
+    # which both trials use that trial's variant.
+    def config(seed: int, unbiased: bool, threshold: float | None = None) -> TrainConfig:
+        optimizer = OptimizerConfig(
+            name="bop2",
+            gamma=1e-2,
+            sigma=1e-2,
+            threshold=threshold or (0.5 if unbiased else 1e-3),
+            bias_correction=unbiased,
+            sigma_schedule=Schedule(kind="cosine"),
+        )
+        return dataclasses.replace(_digits_config(seed), optimizer=optimizer)
+
+    options = {"hidden": 32}
+    mixed = train_stacked([config(0, False), config(1, True)], model_options=options)
+    biased = train_stacked([config(0, False), config(1, False)], model_options=options)
+    unbiased = train_stacked([config(0, True), config(1, True)], model_options=options)
+    for ours, same in ((mixed[0], biased[0]), (mixed[1], unbiased[1])):
+        assert [e.train_loss for e in ours.epochs] == [e.train_loss for e in same.epochs]
+        assert [e.flip_ratio for e in ours.epochs] == [e.flip_ratio for e in same.epochs]
+    assert mixed[1].epochs[-1].flip_ratio > 0
+    # The same trial 1 (threshold 0.5) with the biased score trains differently.
+    other = train_stacked([config(0, False), config(1, False, 0.5)], model_options=options)
+    assert [e.flip_ratio for e in other[1].epochs] != [e.flip_ratio for e in mixed[1].epochs]
 
 
 def test_configs_that_differ_in_shared_fields_raise_config_error() -> None:

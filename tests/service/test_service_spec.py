@@ -70,6 +70,57 @@ def test_schedules_normalise_to_objects() -> None:
     assert spec.space["gamma_schedule"].every_epochs == 30
 
 
+def test_bop2_sigma_schedule_and_bias_correction() -> None:
+    linear = {"kind": "linear", "end_value": 1e-2}
+    spec = parse_spec(
+        {
+            "name": "bop2-opts",
+            "optimizer": "bop2",
+            "search_space": {"sigma_schedule": linear, "bias_correction": True, "sigma": 1e-7},
+        }
+    )
+    assert spec.space["sigma_schedule"] == ScheduleSpec(kind="linear", end_value=1e-2)
+    assert spec.space["bias_correction"] is True
+    assert StudySpec.model_validate(spec.model_dump(mode="json")) == spec
+    spec = parse_spec(
+        {
+            "name": "bop2-opts",
+            "optimizer": "bop2",
+            "search_space": {
+                "sigma_schedule": {"choices": ["constant", "linear"]},
+                "bias_correction": {"choices": [True, False]},
+            },
+        }
+    )
+    assert spec.space["bias_correction"] == ChoiceSpec(choices=[True, False])
+    assert parse_spec(
+        {"name": "k", "optimizer": "bop2", "search_space": {"sigma_schedule": "cosine"}}
+    ).space["sigma_schedule"] == ScheduleSpec(kind="cosine")
+
+
+@pytest.mark.parametrize(
+    ("family", "space", "field"),
+    [
+        ("bop", {"bias_correction": True}, "search_space.bias_correction"),
+        ("bop", {"sigma_schedule": "cosine"}, "search_space.sigma_schedule"),
+        ("filter", {"bias_correction": False}, "search_space.bias_correction"),
+        ("latent-adam", {"sigma_schedule": "linear"}, "search_space.sigma_schedule"),
+        ("bop2", {"bias_correction": 1}, "search_space.bias_correction"),
+        ("bop2", {"bias_correction": "yes"}, "search_space.bias_correction"),
+        ("bop2", {"bias_correction": {"low": 0, "high": 1}}, "search_space.bias_correction"),
+        ("bop2", {"bias_correction": {"choices": [True, 0]}}, "search_space.bias_correction"),
+        ("bop2", {"sigma_schedule": "weekly"}, "search_space.sigma_schedule"),
+        ("bop2", {"gamma": True}, "search_space.gamma"),
+    ],
+)
+def test_bop2_options_are_rejected_elsewhere_and_when_malformed(
+    family: str, space: dict, field: str
+) -> None:
+    with pytest.raises(SpecError) as err:
+        parse_spec({"name": "bad", "optimizer": family, "search_space": space})
+    assert err.value.errors[0]["field"].startswith(field)
+
+
 def test_objectives_and_directions() -> None:
     base = {"name": "mo", "optimizer": "bop"}
     assert parse_spec(base).directions == ["maximize"]

@@ -66,6 +66,21 @@ BAD_SPECS = {
         "search_space.gamma_schedule",
         "unknown schedule",
     ),
+    "bias_correction outside bop2": (
+        _spec(search_space={"bias_correction": True}),
+        "search_space.bias_correction",
+        "not a parameter of optimizer 'bop'",
+    ),
+    "sigma_schedule outside bop2": (
+        {**SPEC_EXAMPLES["filter"], "search_space": {"sigma_schedule": "cosine"}},
+        "search_space.sigma_schedule",
+        "not a parameter of optimizer 'filter'",
+    ),
+    "bias_correction not a bool": (
+        {**SPEC_EXAMPLES["bop2"], "search_space": {"bias_correction": 1}},
+        "search_space.bias_correction",
+        "true, false",
+    ),
     "filter alpha > gamma": (
         {**SPEC_EXAMPLES["filter"], "search_space": {"alpha": 0.5, "gamma": 0.1}},
         "search_space.alpha",

@@ -102,6 +102,36 @@ def test_schedule_choices_become_schedule_objects() -> None:
     assert config.optimizer.gamma_schedule == Schedule(kind="cosine")
 
 
+def test_bop2_sigma_schedule_and_bias_correction_reach_the_optimizer_config() -> None:
+    linear = {"kind": "linear", "end_value": 1e-2}
+    spec = _spec(
+        optimizer="bop2",
+        search_space={"sigma": 1e-7, "sigma_schedule": linear, "bias_correction": True},
+    )
+    study = optuna.create_study(direction="maximize")
+    trial = study.ask()
+    optimizer = build_train_config(spec, trial).optimizer
+    assert optimizer.name == "bop2" and optimizer.bias_correction is True
+    assert optimizer.sigma == 1e-7
+    assert optimizer.sigma_schedule == Schedule(kind="linear", end_value=1e-2)
+    assert trial.params == {}
+    assert study.trials[0].user_attrs["fixed_params"]["bias_correction"] is True
+    spec = _spec(
+        optimizer="bop2",
+        search_space={
+            "sigma_schedule": {"choices": ["constant", "cosine"]},
+            "bias_correction": {"choices": [True, False]},
+        },
+    )
+    for flag in (True, False):
+        trial = FixedTrial({"sigma_schedule": "cosine", "bias_correction": flag})
+        optimizer = build_train_config(spec, trial).optimizer
+        assert optimizer.bias_correction is flag
+        assert optimizer.sigma_schedule == Schedule(kind="cosine")
+    default = build_train_config(_spec(optimizer="bop2", search_space={"gamma": 1e-4}), trial)
+    assert default.optimizer.bias_correction is False
+
+
 def test_filter_alpha_never_exceeds_gamma() -> None:
     spec = _spec(
         optimizer="filter",
