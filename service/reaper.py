@@ -9,7 +9,8 @@ back. The API runs :func:`reap_once` every ``reaper_interval_s`` in a background
 * stopping studies: WAITING trials are failed (:func:`fail_waiting_trials`, a stopped study is
   never resumed), and the study becomes ``stopped`` once nothing runs;
 * running studies whose budget is used up with nothing RUNNING or WAITING (the last trial's
-  worker died and no retry was left): ``completed``.
+  worker died and no retry was left): ``completed``, or ``failed`` when every trial failed
+  (:func:`service.studies.final_status`, the worker's rule too).
 
 Heartbeats stop while the database is down, so after an outage (and after the API starts) the
 reaper waits one grace period of reachable database before it judges trials stale. Workers use
@@ -34,6 +35,7 @@ from sqlalchemy.orm import Session
 from service.db import optuna_engine_kwargs
 from service.models import Study, optuna_study_name
 from service.settings import Settings
+from service.studies import final_status
 
 __all__ = [
     "VOLATILE_ATTRS",
@@ -157,7 +159,9 @@ class Reaper:
             if not storage.get_all_trials(study._study_id, states=(TrialState.RUNNING,)):
                 self.set_status(row, "stopped")
         elif self.budget_done(storage, study._study_id, row):
-            self.set_status(row, "completed")
+            trials = storage.get_all_trials(study._study_id, deepcopy=False)
+            status, error = final_status(trials)
+            self.set_status(row, status, error=error)
 
     @staticmethod
     def budget_done(storage: RDBStorage, optuna_study_id: int, row: Study) -> bool:
@@ -173,16 +177,19 @@ class Reaper:
             return False
         return sum("failed_trial" not in t.system_attrs for t in trials) >= row.n_claimed
 
-    def set_status(self, row: Study, status: str) -> None:
-        """``stopping -> stopped`` or ``running -> completed`` (only if ``n_claimed`` is
-        unchanged, so a claim made meanwhile keeps the study running)."""
+    def set_status(self, row: Study, status: str, *, error: str | None = None) -> None:
+        """``stopping -> stopped`` or ``running -> completed``/``failed`` (only if ``n_claimed``
+        is unchanged, so a claim made meanwhile keeps the study running)."""
         now = datetime.now(UTC)
+        values: dict[str, object] = {"status": status, "updated_at": now, "finished_at": now}
+        if error is not None:
+            values["error"] = error
         with Session(self.engine) as session, session.begin():
             result = session.execute(
                 update(Study)
                 .where(Study.id == row.id, Study.status == row.status)
                 .where(Study.n_claimed == row.n_claimed)
-                .values(status=status, updated_at=now, finished_at=now)
+                .values(**values)
                 .execution_options(synchronize_session=False)
             )
         if result.rowcount == 1:

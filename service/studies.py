@@ -7,6 +7,7 @@ commit, except :func:`create_study`, which must create the Optuna study in betwe
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -39,9 +40,11 @@ __all__ = [
     "spec_of",
     "summary",
     "load_optuna_study",
+    "final_status",
 ]
 
 
+FIRST_ERROR_CHARS = 300  # of the first trial's error in a failed study's summary
 STALE_ERROR = "no heartbeat within the grace period: its worker died or lost the database"
 
 
@@ -270,6 +273,29 @@ def trial_public(trial: FrozenTrial) -> TrialPublic:
         retry_history=[h for h in history if isinstance(h, int)],
         user_attrs=user_attrs,
     )
+
+
+def final_status(trials: Sequence[FrozenTrial]) -> tuple[str, str | None]:
+    """``(status, error)`` for a study whose budget is used up with nothing RUNNING or WAITING.
+
+    ``completed`` when a trial COMPLETEd or was PRUNED (or none failed); ``failed`` when every
+    finished trial FAILed, with ``error`` = "all N trials failed; first error: ...". The one
+    rule of the worker loop and the API reaper.
+    """
+    if any(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials):
+        return "completed", None
+    failed = sorted((t for t in trials if t.state == TrialState.FAIL), key=lambda t: t.number)
+    if not failed:
+        return "completed", None
+    originals = sum(1 for t in failed if "failed_trial" not in t.system_attrs)
+    retries = len(failed) - originals
+    first = trial_public(failed[0]).error or "no error recorded"
+    if len(first) > FIRST_ERROR_CHARS:
+        first = first[: FIRST_ERROR_CHARS - 3] + "..."
+    counted = f"all {originals} trials failed" if originals != 1 else "the only trial failed"
+    if retries:
+        counted += f" ({retries} retries too)"
+    return "failed", f"{counted}; first error: {first}"
 
 
 def summary(session: Session, storage: BaseStorage, study: Study) -> dict[str, Any]:

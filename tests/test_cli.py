@@ -210,6 +210,19 @@ def test_summary_and_table_formatting() -> None:
     assert "is_zero" not in table  # include_zero's choice is shown as threshold 0
 
 
+def test_summary_of_a_failed_study_shows_its_error() -> None:
+    error = "all 2 trials failed; first error: ConfigError: data_dir: no such directory"
+    study = {"id": 4, "name": "f", "status": "failed", "n_trials": 2, "error": error}
+    trials = [
+        {"number": n, "state": "FAIL", "values": None, "params": {}, "error": "ConfigError"}
+        for n in range(2)
+    ]
+    lines = study_summary(study, trials).splitlines()
+    assert "[failed]" in lines[0] and "2/2" in lines[1]
+    assert lines[2] == f"error   {error}"
+    assert not any(line.startswith("best") for line in lines)
+
+
 def test_status_id_must_be_a_number(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(["status", "abc"])

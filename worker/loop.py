@@ -8,7 +8,8 @@ Shape of Optuna's ``_run_trial``, one small function per step::
             timed out     -> no new trials, running ones end at their next epoch (PRUNED,
                              stop_reason 'study timed out'); 'completed' once nothing runs
             claim_trial   -> fail_stale_trials; a WAITING retry (no budget) or a budget claim + ask
-            nothing left  -> maybe_complete ('completed' when the budget is used and nothing runs)
+            nothing left  -> maybe_complete ('completed' when the budget is used and nothing runs;
+                             'failed' when every trial failed)
             else          -> run_claimed_trial (heartbeat thread, train, tell) and start over
 
 Budget (exact across workers): a fresh trial is created only after
@@ -51,6 +52,7 @@ from service.db import (
 from service.models import Study, optuna_study_name
 from service.reaper import STOPPED_ERROR, CleanRetryCallback, fail_waiting_trials
 from service.spec import StudySpec
+from service.studies import final_status
 from worker.control import Heartbeat
 from worker.objective import build_pruner, build_sampler
 from worker.settings import WorkerSettings, resolve_device
@@ -317,11 +319,12 @@ class Worker:
 
     def maybe_complete(self, handle: StudyHandle, row: Study, timed_out: bool = False) -> None:
         """'completed' when nothing is RUNNING/WAITING and every claim became a trial (or the
-        timeout passed and nothing runs)."""
+        timeout passed and nothing runs); 'failed' instead when every trial failed."""
         self.recover(handle)
         reason = self._not_complete_reason(handle, row, timed_out)
         if reason is None:
-            self.set_status(row.id, "completed", from_=("queued", "running"))
+            status, error = final_status(self._trials(handle))
+            self.set_status(row.id, status, from_=("queued", "running"), error=error)
         elif reason != self._waiting_reason.get(handle.id):
             logger.info("study %s not complete yet: %s", handle.id, reason)
         self._waiting_reason[handle.id] = reason

@@ -14,12 +14,14 @@ from typing import Any
 
 import httpx
 import optuna
+import pytest
 from optuna.storages import RDBStorage
 
 from service.app import create_app
 from service.db import claim_trial_slot, make_engine, session_scope, set_study_status
 from service.settings import Settings
 from service.spec import SPEC_EXAMPLES
+from service.studies import final_status
 
 
 def _dead_worker_trial(url: str, optuna_name: str) -> int:
@@ -115,27 +117,76 @@ def test_reaper_can_be_turned_off(
         assert [t["state"] for t in _trials(client, created["id"])] == ["RUNNING"]
 
 
-def test_reaper_completes_a_study_whose_last_worker_died_without_retries(
+def _completed_trial(url: str, optuna_name: str) -> None:
+    storage = RDBStorage(url, skip_table_creation=True)
+    try:
+        study = optuna.load_study(study_name=optuna_name, storage=storage)
+        trial = study.ask()
+        study.tell(trial, 0.5)
+    finally:
+        storage.engine.dispose()
+
+
+@pytest.mark.parametrize("one_completed", [False, True], ids=["all-failed", "one-completed"])
+def test_reaper_finishes_a_study_whose_last_worker_died_without_retries(
+    one_completed: bool,
     database_url: str,
     live_server: Callable[..., AbstractContextManager[str]],
     unique_name: Callable[..., str],
 ) -> None:
+    # Every trial FAILED -> failed with a summary; one COMPLETE trial -> completed.
     settings = Settings(
         database_url=database_url, heartbeat_interval_s=1, grace_period_s=1, reaper_interval_s=0.3
     )
+    n_trials = 2 if one_completed else 1
     with live_server(create_app(settings)) as base, httpx.Client(base_url=base) as client:
-        spec = {**SPEC_EXAMPLES["bop"], "name": unique_name("last"), "n_trials": 1}
+        spec = {**SPEC_EXAMPLES["bop"], "name": unique_name("last"), "n_trials": n_trials}
         created = client.post("/api/v1/studies", json={**spec, "max_retries": 0}).json()
         engine = make_engine(database_url)
         try:
             with session_scope(engine) as session:  # what a worker does before ask()
-                assert claim_trial_slot(session, created["id"])
+                for _ in range(n_trials):
+                    assert claim_trial_slot(session, created["id"])
         finally:
             engine.dispose()
+        if one_completed:
+            _completed_trial(database_url, created["optuna_study_name"])
         _dead_worker_trial(database_url, created["optuna_study_name"])
 
         path = f"/api/v1/studies/{created['id']}"
-        _wait(lambda: client.get(path).json()["status"] == "completed")
+        expected = "completed" if one_completed else "failed"
+        _wait(lambda: client.get(path).json()["status"] == expected)
         body = client.get(path).json()
-        assert body["progress"]["n_failed"] == 1 and body["progress"]["n_total"] == 1
+        assert body["progress"]["n_failed"] == 1 and body["progress"]["n_total"] == n_trials
         assert body["finished_at"] is not None
+        if one_completed:
+            assert body["error"] is None
+        else:
+            assert body["error"].startswith("the only trial failed; first error: no heartbeat")
+
+
+def test_final_status_rule() -> None:
+    """The worker loop's and the reaper's one rule (service.studies.final_status)."""
+    from optuna.trial import TrialState, create_trial
+
+    def trial(number: int, state: TrialState, **attrs: Any) -> optuna.trial.FrozenTrial:
+        value = 0.5 if state == TrialState.COMPLETE else None
+        made = create_trial(state=state, value=value, user_attrs=attrs)
+        made.number = number
+        return made
+
+    fail_1 = trial(1, TrialState.FAIL, error="RuntimeError: second")
+    fail_0 = trial(0, TrialState.FAIL, error="ConfigError: first")
+    retry = trial(2, TrialState.FAIL)
+    retry.system_attrs = {"failed_trial": 0}
+    assert final_status([fail_1, fail_0, retry]) == (
+        "failed",
+        "all 2 trials failed (1 retries too); first error: ConfigError: first",
+    )
+    assert final_status([fail_0, trial(1, TrialState.PRUNED)]) == ("completed", None)
+    assert final_status([fail_0, trial(1, TrialState.COMPLETE)]) == ("completed", None)
+    assert final_status([]) == ("completed", None)
+    long = trial(0, TrialState.FAIL, error="x" * 1000)
+    status, error = final_status([long])
+    assert status == "failed" and error is not None and len(error) < 400
+    assert error.startswith("the only trial failed; first error: xxx") and error.endswith("...")

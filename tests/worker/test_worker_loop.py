@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 
+import httpx
 import optuna
 import pytest
 from optuna.trial import TrialState
@@ -19,8 +22,10 @@ from worker_helpers import (
 )
 
 from bnn_core.config import ConfigError
+from service.app import create_app
 from service.db import make_engine, session_scope
 from service.models import Study
+from service.settings import Settings
 from service.studies import make_optuna_storage
 from worker.loop import Worker, run_study, run_worker
 
@@ -74,13 +79,24 @@ def test_a_diverging_trial_fails_alone(sqlite_url: str) -> None:
     assert study_row(sqlite_url, study_id).status == "completed"
 
 
-def test_a_bad_data_path_fails_each_trial_but_not_the_worker(sqlite_url: str) -> None:
-    study_id = new_study(sqlite_url, n_trials=2, dataset="mnist", data_dir="/nonexistent/mnist")
-    stats = run_study(study_id, worker_settings(sqlite_url))
-    trials = study_trials(sqlite_url, study_id)
+def test_a_study_whose_every_trial_fails_ends_failed_not_completed(
+    database_url: str, live_server: Callable[..., AbstractContextManager[str]]
+) -> None:
+    # A bad data path fails each trial (real training, not a fake), but not the worker.
+    study_id = new_study(database_url, n_trials=2, dataset="mnist", data_dir="/nonexistent/mnist")
+    stats = run_study(study_id, worker_settings(database_url))
+    trials = study_trials(database_url, study_id)
     assert stats.by_state == {"FAIL": 2} and stats.errors == 0
     assert all("ConfigError" in t.user_attrs["error"] for t in trials)
-    assert study_row(sqlite_url, study_id).status == "completed"
+    row = study_row(database_url, study_id)
+    assert row.status == "failed" and row.finished_at is not None
+    first = trials[0].user_attrs["error"]
+    assert row.error == f"all 2 trials failed; first error: {first}"
+    app = create_app(Settings(database_url=database_url, reaper_interval_s=0))
+    with live_server(app) as base, httpx.Client(base_url=base) as client:
+        body = client.get(f"/api/v1/studies/{study_id}").json()
+    assert (body["status"], body["error"]) == ("failed", row.error)
+    assert body["progress"]["n_failed"] == 2 and body["best_trial"] is None
 
 
 def test_pruned_and_multi_objective_values(sqlite_url: str) -> None:

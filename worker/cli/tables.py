@@ -156,6 +156,8 @@ def study_summary(study: dict[str, Any], trials: list[dict[str, Any]], top: int 
         f"study {study.get('id')} {study.get('name', '')!s}  [{study.get('status', '?')}]  {what}",
         f"trials  {progress_bar(finished_count(counts), total)}  {counts_text(counts)}",
     ]
+    if study.get("error"):  # e.g. a failed study: "all 8 trials failed; first error: ..."
+        lines.append(f"error   {study['error']}")
     best = best_trials(trials, top)
     if best:
         lines.append(
