@@ -192,8 +192,8 @@ def read_study(
     """Status, spec, progress, budget and the best trial (Pareto front if multi-objective)."""
     study = _study(session, study_id)
     spec = ops.spec_of(study)
-    trials = ops.load_trials(storage, study)
-    best = ops.best_trials(trials, spec.directions)
+    optuna_id = ops.optuna_study_id(session, study)
+    best = ops.best_of(session, storage, optuna_id, spec.directions)
     single = not spec.is_multi_objective
     return StudyPublic(
         **_summary(study).model_dump(),
@@ -201,7 +201,7 @@ def read_study(
         spec=study.spec,
         directions=spec.directions,
         error=study.error,
-        progress=ops.study_progress(trials),
+        progress=ops.trial_counts(session, optuna_id),
         budget=ops.budget(study),
         best_trial=best[0] if single and best else None,
         best_value=best[0].values[0] if single and best else None,
@@ -222,10 +222,12 @@ def list_trials(
     ] = None,
 ) -> TrialsPublic:
     """Trials by number, with per-epoch curves, error and retry info."""
-    states = None if state is None else (TrialState[state],)
-    trials = ops.load_trials(storage, _study(session, study_id), states)
-    page = trials[skip : skip + limit]
-    return TrialsPublic(data=[ops.trial_public(t) for t in page], count=len(trials))
+    optuna_id = ops.optuna_study_id(session, _study(session, study_id))
+    wanted = None if state is None else TrialState[state]
+    page, count = ops.trials_page(
+        session, storage, optuna_id, state=wanted, skip=skip, limit=limit
+    )
+    return TrialsPublic(data=[ops.trial_public(t) for t in page], count=count)
 
 
 @studies.post("/{study_id}/stop")
