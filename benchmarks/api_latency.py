@@ -2,10 +2,12 @@
 
 Starts ``uvicorn service.app:create_app --factory`` in a subprocess on loopback, migrates the
 database first, sends ``--n`` creates then ``--n`` gets sequentially with one httpx client, and
-prints p50/p99 per operation.
+prints p50/p99 per operation. With ``--trials N`` (N > 0) it then fills one more study with N
+Optuna trials and times GET /studies/{id} and GET /studies/{id}/trials (first and last page).
 
     python benchmarks/api_latency.py                      # SQLite in a temporary directory
     python benchmarks/api_latency.py --database-url postgresql+psycopg://postgres@127.0.0.1/bench
+    python benchmarks/api_latency.py --n 20 --trials 2000 # a large study
 
 Studies are created with a random name prefix and left in the database.
 """
@@ -24,6 +26,9 @@ import uuid
 from pathlib import Path
 
 import httpx
+import optuna
+from optuna.distributions import FloatDistribution
+from optuna.trial import TrialState, create_trial
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -87,12 +92,60 @@ def _run(base: str, n: int, warmup: int) -> dict[str, list[float]]:
     return timings
 
 
+def _fill(url: str, optuna_name: str, n_trials: int) -> None:
+    """``n_trials`` finished trials (mostly COMPLETE, with a few epochs each) in one study."""
+    study = optuna.load_study(study_name=optuna_name, storage=url)
+    dist = {"gamma": FloatDistribution(1e-6, 1e-2, log=True)}
+    states = [TrialState.COMPLETE] * 8 + [TrialState.PRUNED, TrialState.FAIL]
+    trials = []
+    for i in range(n_trials):
+        state = states[i % len(states)]
+        epochs = [{"epoch": e, "val_accuracy": 0.1 * e, "seconds": 0.5} for e in range(1, 6)]
+        trials.append(
+            create_trial(
+                state=state,
+                params={"gamma": 1e-5 * (1 + i % 100)},
+                distributions=dist,
+                value=(i % 97) / 97 if state == TrialState.COMPLETE else None,
+                user_attrs={"epochs": epochs},
+                intermediate_values={e["epoch"]: e["val_accuracy"] for e in epochs},
+            )
+        )
+    study.add_trials(trials)
+
+
+def _run_large(base: str, url: str, n: int, warmup: int, n_trials: int) -> dict[str, list[float]]:
+    spec = {**SPEC_EXAMPLES["bop"], "name": f"bench-large-{uuid.uuid4().hex[:8]}"}
+    with httpx.Client(base_url=base, timeout=120) as http:
+        created = http.post("/api/v1/studies", json=spec).raise_for_status().json()
+        start = time.perf_counter()
+        _fill(url, created["optuna_study_name"], n_trials)
+        print(f"filled {n_trials} trials in {time.perf_counter() - start:.1f} s")
+        self_ = created["links"]["self"]
+        paths = {
+            "get-large": (self_, {}),
+            "trials-p1": (f"{self_}/trials", {"limit": 100}),
+            "trials-end": (f"{self_}/trials", {"skip": max(n_trials - 100, 0), "limit": 100}),
+        }
+        timings: dict[str, list[float]] = {}
+        for operation, (path, params) in paths.items():
+            timings[operation] = []
+            for i in range(warmup + n):
+                start = time.perf_counter()
+                http.get(path, params=params).raise_for_status()
+                if i >= warmup:
+                    timings[operation].append((time.perf_counter() - start) * 1e3)
+    return timings
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--database-url", help="default: a fresh SQLite file in a temp dir")
     parser.add_argument("--n", type=int, default=300, help="requests per operation")
     parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--trials", type=int, default=0, help="trials of the large study")
     args = parser.parse_args()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
 
     with tempfile.TemporaryDirectory() as tmp:
         url = args.database_url or f"sqlite:///{tmp}/bench.db"
@@ -103,13 +156,16 @@ def main() -> None:
             base = f"http://127.0.0.1:{port}"
             _wait_ready(base)
             timings = _run(base, args.n, args.warmup)
+            if args.trials > 0:
+                warmup = min(args.warmup, 2)
+                timings |= _run_large(base, url, args.n, warmup, args.trials)
         finally:
             server.terminate()
             server.wait(timeout=10)
     backend = url.split(":", 1)[0]
     for operation, samples in timings.items():
         p50, p99 = _percentiles(samples)
-        line = f"{backend:22s} {operation:6s} n={len(samples):4d}"
+        line = f"{backend:22s} {operation:10s} n={len(samples):4d}"
         print(f"{line}  p50={p50:7.2f} ms  p99={p99:7.2f} ms")
 
 
