@@ -83,7 +83,12 @@ class OptimizerConfig:
     "unbiased" variant);
     ``filter``: alpha, gamma (the cascaded EMA of Quist et al.);
     ``latent-adam`` / ``latent-sgd``: lr, momentum (sgd), weight_decay, decoupled_weight_decay,
-    latent_init_scale.
+    latent_init_scale, latent_weight_clip.
+
+    ``latent_weight_clip`` (default None: no clipping, the ICLR/ReActNet-style baseline) clamps
+    every latent binary weight to [-clip, clip] after each update, the BinaryNet (Courbariaux)
+    ``weight_clip`` constraint of the Bop paper's Adam baseline (clip 1; science.md 4 item 4).
+    It is a ConfigError for bop/bop2/filter, whose weights are exactly +-1.
     """
 
     name: str = "bop"
@@ -97,6 +102,7 @@ class OptimizerConfig:
     decoupled_weight_decay: bool = False
     bias_correction: bool = False
     latent_init_scale: float | None = None
+    latent_weight_clip: float | None = None
     gamma_schedule: Schedule = field(default_factory=Schedule)
     threshold_schedule: Schedule = field(default_factory=Schedule)
     # Bop2ndOrder's CIFAR recipe raises sigma linearly from 1e-7 to 1e-2 (science.md D).
@@ -132,6 +138,23 @@ class OptimizerConfig:
         )
         if self.latent_init_scale is not None:
             _require(self.latent_init_scale > 0, "optimizer.latent_init_scale", "must be > 0")
+        self._check_latent_weight_clip()
+
+    def _check_latent_weight_clip(self) -> None:
+        clip, field_name = self.latent_weight_clip, "optimizer.latent_weight_clip"
+        if clip is None:
+            return
+        _require(
+            isinstance(clip, int | float) and not isinstance(clip, bool),
+            field_name,
+            f"must be a number or None, got {clip!r}",
+        )
+        _require(math.isfinite(clip) and clip > 0, field_name, f"must be > 0, got {clip!r}")
+        _require(
+            self.name.startswith("latent-"),
+            field_name,
+            f"only for latent-adam/latent-sgd, not {self.name!r} (its weights are +-1)",
+        )
 
 
 @dataclass(frozen=True)

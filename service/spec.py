@@ -14,6 +14,10 @@ A study tunes the hyperparameters of ONE binary-weight optimizer family on one m
 Parameters of the family that are not listed keep the ``bnn_core.config.OptimizerConfig``
 defaults. Leaving ``search_space`` out uses :data:`DEFAULT_SEARCH_SPACES` (science.md §5.1).
 
+``latent_weight_clip`` (latent families; not listed: no clipping) clamps the latent weights to
+[-clip, clip] after every update, the BinaryNet constraint of the Bop paper's Adam baseline
+(clip 1).
+
 The ``filter`` family needs ``alpha <= gamma``. The spec rejects it when it can never hold (both
 fixed, or the lowest possible alpha above the highest possible gamma). When the ranges overlap,
 the worker samples ``gamma`` first and then ``alpha`` from its range clipped to
@@ -93,8 +97,15 @@ FAMILY_PARAMS: dict[str, tuple[str, ...]] = {
     "bop": ("gamma", "threshold", "real_lr", "gamma_schedule"),
     "bop2": ("gamma", "sigma", "threshold", "real_lr", "sigma_schedule", "bias_correction"),
     "filter": ("alpha", "gamma", "real_lr", "alpha_schedule"),
-    "latent-adam": ("lr", "weight_decay", "latent_init_scale", "real_lr"),
-    "latent-sgd": ("lr", "momentum", "weight_decay", "latent_init_scale", "real_lr"),
+    "latent-adam": ("lr", "weight_decay", "latent_init_scale", "latent_weight_clip", "real_lr"),
+    "latent-sgd": (
+        "lr",
+        "momentum",
+        "weight_decay",
+        "latent_init_scale",
+        "latent_weight_clip",
+        "real_lr",
+    ),
 }
 SCHEDULE_PARAMS: frozenset[str] = frozenset({"gamma_schedule", "alpha_schedule", "sigma_schedule"})
 # Parameters that are a bool: fixed ``true``/``false`` or ``{choices: [true, false]}``.
@@ -127,6 +138,7 @@ _BOUNDS: dict[str, tuple[float, bool, float, bool]] = {
     "lr": (0.0, False, math.inf, False),
     "real_lr": (0.0, False, math.inf, False),
     "latent_init_scale": (0.0, False, math.inf, False),
+    "latent_weight_clip": (0.0, False, math.inf, False),
 }
 
 DEFAULT_SEARCH_SPACES: dict[str, dict[str, Any]] = {

@@ -42,7 +42,9 @@ class BinaryOptimizerPair:
     ``step()`` writes every scheduled hyperparameter for the current global step into the
     param groups (Keras semantics: the first update uses step 0), steps the binary optimizer,
     then the real one, and increments ``global_step``. Either optimizer is ``None`` when the
-    model has no parameters of that kind.
+    model has no parameters of that kind. With ``weight_clip`` set (latent families only), every
+    binary (latent) weight is clamped in place to [-weight_clip, weight_clip] right after the
+    binary step: larq's ``weight_clip`` constraint of BinaryNet, applied after each update.
     """
 
     def __init__(
@@ -52,12 +54,14 @@ class BinaryOptimizerPair:
         scheduled: list[ScheduledHyperparameter],
         steps_per_epoch: int,
         total_steps: int,
+        weight_clip: float | None = None,
     ) -> None:
         self.binary = binary
         self.real = real
         self.scheduled = scheduled
         self.steps_per_epoch = steps_per_epoch
         self.total_steps = total_steps
+        self.weight_clip = weight_clip
         self.global_step = 0
 
     @property
@@ -79,10 +83,19 @@ class BinaryOptimizerPair:
                 value = self._value(item, self.global_step)
                 for group in optimizer.param_groups:
                     group[item.key] = value
-        for optimizer in (self.binary, self.real):
-            if optimizer is not None:
-                optimizer.step()
+        if self.binary is not None:
+            self.binary.step()
+            self._clip_binary()
+        if self.real is not None:
+            self.real.step()
         self.global_step += 1
+
+    def _clip_binary(self) -> None:
+        if self.weight_clip is None:
+            return
+        with torch.no_grad():
+            for param in self.binary_parameters:
+                param.clamp_(-self.weight_clip, self.weight_clip)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         for optimizer in (self.binary, self.real):
@@ -191,7 +204,9 @@ def build_optimizer(
 
     For the latent families the binary layers are first switched to latent weights
     (``use_latent_weights(model, config.latent_init_scale)``), so call this before the first
-    forward pass. Real parameters get ``Adam(real_lr, eps=1e-7)``.
+    forward pass. Real parameters get ``Adam(real_lr, eps=1e-7)``. ``config.latent_weight_clip``
+    (latent families only) becomes the pair's ``weight_clip``; the initial latent weights are
+    not clamped (larq applies the constraint after updates only).
     """
     if steps_per_epoch < 1:
         raise ValueError(f"Invalid steps_per_epoch: {steps_per_epoch!r} (must be >= 1)")
@@ -209,4 +224,6 @@ def build_optimizer(
     scheduled = _binary_schedules(config) + [
         ScheduledHyperparameter("real_lr", "real", "lr", config.real_lr, config.real_lr_schedule)
     ]
-    return BinaryOptimizerPair(binary, real, scheduled, steps_per_epoch, steps_per_epoch * epochs)
+    clip = config.latent_weight_clip if config.name.startswith("latent-") else None
+    total_steps = steps_per_epoch * epochs
+    return BinaryOptimizerPair(binary, real, scheduled, steps_per_epoch, total_steps, clip)

@@ -11,7 +11,7 @@ from torch import nn
 from bnn_core.config import ConfigError, OptimizerConfig, Schedule
 from bnn_core.layers import BinaryConv2d, BinaryLinear, SignActivation
 from bnn_core.models import build_model
-from bnn_core.optim import CEMA, SGDW, Bop, Bop2ndOrder, build_optimizer
+from bnn_core.optim import CEMA, SGDW, BinaryOptimizerPair, Bop, Bop2ndOrder, build_optimizer
 
 
 def small_model() -> nn.Sequential:
@@ -319,3 +319,59 @@ def test_bias_correction_must_be_a_bool() -> None:
     with pytest.raises(ConfigError) as info:
         OptimizerConfig(name="bop2", bias_correction=1)  # type: ignore[arg-type]
     assert info.value.field == "optimizer.bias_correction"
+
+
+# --- latent weight clipping (BinaryNet's weight_clip constraint) --------------------------------
+
+
+def _one_latent_linear(name: str, clip: float | None) -> tuple[nn.Parameter, BinaryOptimizerPair]:
+    model = nn.Sequential(BinaryLinear(4, 1))
+    config = OptimizerConfig(name=name, lr=0.5, momentum=0.0, latent_weight_clip=clip)
+    pair = build_optimizer(model, config, steps_per_epoch=1, epochs=1)
+    weight = model[0].weight
+    with torch.no_grad():
+        weight.copy_(torch.tensor([[0.9, -0.9, 0.2, -0.5]]))
+    return weight, pair
+
+
+def test_latent_sgd_step_clamps_weights_pushed_beyond_the_clip() -> None:
+    weight, pair = _one_latent_linear("latent-sgd", clip=1.0)
+    assert pair.weight_clip == 1.0
+    # w - 0.5 * g: 0.9 + 0.4 = 1.3 -> 1.0; -0.9 - 0.4 = -1.3 -> -1.0; 0.2 + 0.4 = 0.6;
+    # -0.5 + 0.2 = -0.3 (inside: moves freely).
+    weight.grad = torch.tensor([[-0.8, 0.8, -0.8, -0.4]])
+    pair.step()
+    assert weight.detach()[0].tolist() == pytest.approx([1.0, -1.0, 0.6, -0.3], abs=1e-7)
+    assert weight.detach()[0, :2].tolist() == [1.0, -1.0]  # exactly +-clip
+
+
+def test_latent_adam_weights_stay_within_a_small_clip() -> None:
+    weight, pair = _one_latent_linear("latent-adam", clip=0.25)
+    weight.grad = torch.tensor([[-1.0, 1.0, 1.0, -1.0]])  # Adam's first step moves each by lr
+    pair.step()
+    # 0.9 + 0.5 -> 0.25; -0.9 - 0.5 -> -0.25; 0.2 - 0.5 = -0.3 -> -0.25; -0.5 + 0.5 = 0.0.
+    assert weight.detach()[0].tolist() == pytest.approx([0.25, -0.25, -0.25, 0.0], abs=1e-6)
+
+
+def test_latent_weight_clip_defaults_to_none_and_leaves_weights_unclamped() -> None:
+    assert OptimizerConfig(name="latent-sgd").latent_weight_clip is None
+    weight, pair = _one_latent_linear("latent-sgd", clip=None)
+    assert pair.weight_clip is None
+    weight.grad = torch.tensor([[-0.8, 0.8, -0.8, -0.4]])
+    pair.step()
+    assert weight.detach()[0].tolist() == pytest.approx([1.3, -1.3, 0.6, -0.3], abs=1e-7)
+
+
+@pytest.mark.parametrize("value", [0.0, -1.0, float("inf"), float("nan"), True, "1"])
+def test_bad_latent_weight_clip_is_a_config_error(value: object) -> None:
+    with pytest.raises(ConfigError) as info:
+        OptimizerConfig(name="latent-adam", latent_weight_clip=value)  # type: ignore[arg-type]
+    assert info.value.field == "optimizer.latent_weight_clip"
+
+
+@pytest.mark.parametrize("name", ["bop", "bop2", "filter"])
+def test_latent_weight_clip_is_rejected_for_flip_optimizers(name: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        OptimizerConfig(name=name, latent_weight_clip=1.0)
+    assert info.value.field == "optimizer.latent_weight_clip"
+    assert build_optimizer(small_model(), OptimizerConfig(name=name), 1, 1).weight_clip is None

@@ -207,3 +207,43 @@ def test_settings_normalise_database_url(
     assert settings.database_url == expected and settings.api_key == "k"
     assert (settings.max_trials, settings.max_epochs, settings.max_retries) == (1000, 1000, 2)
     assert (settings.heartbeat_interval_s, settings.grace_period_s) == (10, 30)
+
+
+@pytest.mark.parametrize("family", ["latent-adam", "latent-sgd"])
+@pytest.mark.parametrize(
+    "param",
+    [1.0, {"low": 0.5, "high": 2.0}, {"low": 0.1, "high": 10.0, "log": True}, {"choices": [1.0]}],
+)
+def test_latent_families_accept_latent_weight_clip(family: str, param: object) -> None:
+    spec = parse_spec(
+        {
+            "name": "clip",
+            "optimizer": family,
+            "search_space": {"lr": 1e-3, "latent_weight_clip": param},
+        }
+    )
+    assert "latent_weight_clip" in spec.space
+    assert StudySpec.model_validate(spec.model_dump(mode="json")) == spec
+
+
+@pytest.mark.parametrize(
+    ("family", "param", "field"),
+    [
+        ("bop", 1.0, "search_space.latent_weight_clip"),
+        ("bop2", 1.0, "search_space.latent_weight_clip"),
+        ("filter", {"choices": [1.0]}, "search_space.latent_weight_clip"),
+        ("latent-adam", 0.0, "search_space.latent_weight_clip"),
+        ("latent-sgd", -1.0, "search_space.latent_weight_clip"),
+        ("latent-sgd", {"low": 0.0, "high": 1.0}, "search_space.latent_weight_clip.low"),
+        ("latent-adam", {"choices": [1.0, 0.0]}, "search_space.latent_weight_clip.choices.1"),
+        ("latent-adam", True, "search_space.latent_weight_clip"),
+    ],
+)
+def test_latent_weight_clip_is_rejected_elsewhere_and_when_not_positive(
+    family: str, param: object, field: str
+) -> None:
+    with pytest.raises(SpecError) as err:
+        parse_spec(
+            {"name": "bad", "optimizer": family, "search_space": {"latent_weight_clip": param}}
+        )
+    assert err.value.errors[0]["field"] == field

@@ -255,3 +255,23 @@ def test_the_spec_rejects_exactly_the_model_dataset_pairs_bnn_core_cannot_build(
         with pytest.raises(SpecError) as info:
             _spec(model=model, dataset=dataset)
         assert info.value.errors[0]["field"] == "model"
+
+
+@pytest.mark.parametrize("family", ["latent-adam", "latent-sgd"])
+def test_latent_weight_clip_reaches_the_optimizer_config(family: str) -> None:
+    fixed = _spec(optimizer=family, search_space={"lr": 1e-3, "latent_weight_clip": 1})
+    study = optuna.create_study(direction="maximize")
+    optimizer = build_train_config(fixed, study.ask()).optimizer
+    assert optimizer.latent_weight_clip == 1.0 and isinstance(optimizer.latent_weight_clip, float)
+    assert study.trials[0].user_attrs["fixed_params"]["latent_weight_clip"] == 1
+    ranged = _spec(
+        optimizer=family, search_space={"latent_weight_clip": {"low": 0.5, "high": 2.0}}
+    )
+    optimizer = build_train_config(ranged, FixedTrial({"latent_weight_clip": 1.5})).optimizer
+    assert optimizer.latent_weight_clip == 1.5
+    for trial in _sample(ranged, n=5):
+        assert 0.5 <= trial.params["latent_weight_clip"] <= 2.0
+    default = build_train_config(
+        _spec(optimizer=family, search_space={"lr": 1e-3}), FixedTrial({})
+    )
+    assert default.optimizer.latent_weight_clip is None
