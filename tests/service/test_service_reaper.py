@@ -41,6 +41,16 @@ def _dead_worker_trial(url: str, optuna_name: str) -> int:
         storage.engine.dispose()
 
 
+def _mark_running(url: str, study_id: int) -> None:
+    """What a worker's first claim does to the study row."""
+    engine = make_engine(url)
+    try:
+        with session_scope(engine) as session:
+            set_study_status(session, study_id, "running")
+    finally:
+        engine.dispose()
+
+
 def _trials(client: httpx.Client, study_id: int) -> list[dict[str, Any]]:
     response = client.get(f"/api/v1/studies/{study_id}/trials")
     assert response.status_code == 200, response.text
@@ -66,12 +76,7 @@ def test_reaper_fails_stale_trials_and_finishes_a_stopping_study(
         spec = {**SPEC_EXAMPLES["bop"], "name": unique_name("reap"), "max_retries": 1}
         created = client.post("/api/v1/studies", json=spec).json()
         study_id = created["id"]
-        engine = make_engine(database_url)
-        try:
-            with session_scope(engine) as session:
-                set_study_status(session, study_id, "running")
-        finally:
-            engine.dispose()
+        _mark_running(database_url, study_id)
         number = _dead_worker_trial(database_url, created["optuna_study_name"])
 
         # No worker polls this study: the API's reaper fails the trial and queues its retry.
@@ -107,12 +112,7 @@ def test_reaper_can_be_turned_off(
             "/api/v1/studies", json={**SPEC_EXAMPLES["bop"], "name": unique_name("noreap")}
         ).json()
         _dead_worker_trial(sqlite_url, created["optuna_study_name"])
-        engine = make_engine(sqlite_url)
-        try:
-            with session_scope(engine) as session:
-                set_study_status(session, created["id"], "running")
-        finally:
-            engine.dispose()
+        _mark_running(sqlite_url, created["id"])
         time.sleep(2.0)
         assert [t["state"] for t in _trials(client, created["id"])] == ["RUNNING"]
 

@@ -28,6 +28,7 @@ from service.models import Study
 from service.settings import Settings
 from service.studies import make_optuna_storage
 from worker.loop import Worker, run_study, run_worker
+from worker.settings import WorkerSettings
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -179,10 +180,9 @@ def test_sigterm_fails_the_trial_and_enqueues_a_retry(sqlite_url: str) -> None:
     assert (row.status, row.n_claimed) == ("completed", 2)
 
 
-def test_a_stale_trial_of_a_dead_worker_is_failed_and_retried(database_url: str) -> None:
-    study_id = new_study(database_url, n_trials=2, max_retries=1)
-    settings = worker_settings(database_url, grace_period_s=1)
-    dead = Worker(settings, study_ids=[study_id])  # claims a trial, beats once, then "dies"
+def _claim_then_die(settings: WorkerSettings, study_id: int) -> optuna.Trial:
+    """A worker that claims a trial, sends one heartbeat and then "dies" (stops beating)."""
+    dead = Worker(settings, study_ids=[study_id])
     (row,) = dead.active_studies()
     handle = dead.handle(row)
     assert handle is not None
@@ -190,6 +190,13 @@ def test_a_stale_trial_of_a_dead_worker_is_failed_and_retried(database_url: str)
     assert trial is not None
     handle.storage.record_heartbeat(trial._trial_id)
     dead.close()
+    return trial
+
+
+def test_a_stale_trial_of_a_dead_worker_is_failed_and_retried(database_url: str) -> None:
+    study_id = new_study(database_url, n_trials=2, max_retries=1)
+    settings = worker_settings(database_url, grace_period_s=1)
+    trial = _claim_then_die(settings, study_id)
     time.sleep(2.5)
     stats = run_study(study_id, settings, train_fn=fake_train())
     trials = study_trials(database_url, study_id)
@@ -203,14 +210,7 @@ def test_a_stale_trial_of_a_dead_worker_is_failed_and_retried(database_url: str)
 def test_a_stale_trial_retried_while_stopping_leaves_no_waiting_trial(database_url: str) -> None:
     study_id = new_study(database_url, n_trials=2, max_retries=1)
     settings = worker_settings(database_url, grace_period_s=1)
-    dead = Worker(settings, study_ids=[study_id])  # claims a trial, beats once, then "dies"
-    (row,) = dead.active_studies()
-    handle = dead.handle(row)
-    assert handle is not None
-    trial = dead.claim_trial(handle)
-    assert trial is not None
-    handle.storage.record_heartbeat(trial._trial_id)
-    dead.close()
+    trial = _claim_then_die(settings, study_id)
     _set_status(database_url, study_id, "stopping")
     time.sleep(2.5)
     stats = run_study(study_id, settings, train_fn=fake_train())
