@@ -4,7 +4,8 @@ Why: at the Bop recipe's batch of 50 a single BinaryNet trial is launch-bound an
 H100 mostly idle; raising the batch would change what the study measures. Instead N trials,
 each with its own weights, batches, seed and hyperparameters, run as one network whose
 convolutions are grouped (``groups=N``), linears batched (``bmm``) and BatchNorms widened to
-``N*C`` channels (performance.md 2.2, 2.6).
+``N*C`` channels (performance.md 2.2, 2.6). On CUDA the trainer times the grouped binary
+convolutions against N separate ones and keeps the faster (``choose_conv_impl``).
 
 For the worker (the one caller)::
 
@@ -42,13 +43,14 @@ different random stream would. Measured on CPU: Bop on digits stays bit-identica
 two epochs, while Bop2ndOrder on the full-width mlp ends epoch 2 at train loss 0.571 alone and
 0.573 / 0.569 in two identical slots. Compare stacked and solo trials as runs, not bit for bit.
 With ``precision="bf16"`` on CUDA the convs and matmuls run under bf16 autocast (exact for
-+-1 x +-1 products; the first layer's real-valued input is rounded to bf16), parameters,
++-1 x +-1 products; the first layer sees real pixels and stays fp32), parameters,
 gradients and all optimizer state stay fp32, and no grad scaler is used (bf16 has fp32's
 exponent range, so nothing needs unscaling before Bop's threshold test).
 """
 
 from .memory import choose_slots, estimate_slot_bytes, measure_slot_bytes
 from .network import (
+    CONV_IMPLS,
     StackedBinaryConv2d,
     StackedBinaryLinear,
     StackedLinear,
@@ -61,9 +63,13 @@ from .network import (
 )
 from .optim import BINARY_FAMILIES, StackedOptimizer
 from .trainer import SHARED_FIELDS, StackedTrainer, check_stackable, is_stackable, train_stacked
+from .tuning import choose_conv_impl, time_conv_impls
 
 __all__ = [
     "BINARY_FAMILIES",
+    "CONV_IMPLS",
+    "choose_conv_impl",
+    "time_conv_impls",
     "SHARED_FIELDS",
     "StackedTrainer",
     "check_stackable",

@@ -31,6 +31,7 @@ from ..binarize import ste_sign
 from ..layers import BinaryConv2d, BinaryLayer, BinaryLinear, SignActivation
 
 __all__ = [
+    "CONV_IMPLS",
     "StackedNetwork",
     "StackedBinaryConv2d",
     "StackedBinaryLinear",
@@ -88,8 +89,18 @@ def trial_view(tensor: Tensor, n_trials: int) -> Tensor:
     return tensor.unflatten(0, (n_trials, -1))
 
 
+# How a stacked binary convolution runs: "grouped" = one convolution with groups=N;
+# "split" = N ordinary convolutions on the trials' channel slices, concatenated. Same function;
+# which is faster depends on the cuDNN build and the shapes (performance.md 2.2: grouped kernels
+# can be slower than separate ones), so ``StackedTrainer`` times both on CUDA.
+CONV_IMPLS = ("grouped", "split")
+
+
 class StackedBinaryConv2d(_PrecisionMixin, BinaryLayer):
-    """N binary convolutions as one grouped convolution; ``weight`` is ``[N*Cout, Cin, k, k]``."""
+    """N binary convolutions; ``weight`` is ``[N*Cout, Cin, k, k]``. ``conv_impl`` (one of
+    ``CONV_IMPLS``) picks one grouped convolution or N convolutions over channel slices."""
+
+    conv_impl: str = "grouped"
 
     def __init__(self, n_trials: int, single: BinaryConv2d, weight: Tensor) -> None:
         super().__init__()
@@ -107,7 +118,13 @@ class StackedBinaryConv2d(_PrecisionMixin, BinaryLayer):
 
     def _forward(self, x: Tensor) -> Tensor:
         weight = self.binary_weight().to(x.dtype)
-        return F.conv2d(x, weight, stride=self.stride, padding=self.padding, groups=self.n_trials)
+        if self.conv_impl == "grouped" or self.n_trials == 1:
+            return F.conv2d(
+                x, weight, stride=self.stride, padding=self.padding, groups=self.n_trials
+            )
+        pieces = zip(x.chunk(self.n_trials, 1), weight.chunk(self.n_trials, 0), strict=True)
+        outputs = [F.conv2d(xi, wi, stride=self.stride, padding=self.padding) for xi, wi in pieces]
+        return torch.cat(outputs, 1)
 
     def extra_repr(self) -> str:
         return (
@@ -326,6 +343,20 @@ class StackedNetwork(nn.Module):
         if self.channels_last and fused.dim() == 4:
             fused = fused.contiguous(memory_format=torch.channels_last)
         return self.body(fused).reshape(batch, self.n_trials, -1)
+
+    @property
+    def conv_impl(self) -> str:
+        """How the binary convolutions run (``CONV_IMPLS``); ``"grouped"`` if there are none."""
+        convs = [m for m in self.body.modules() if isinstance(m, StackedBinaryConv2d)]
+        return convs[0].conv_impl if convs else "grouped"
+
+    @conv_impl.setter
+    def conv_impl(self, impl: str) -> None:
+        if impl not in CONV_IMPLS:
+            raise ValueError(f"conv_impl: must be one of {CONV_IMPLS}, got {impl!r}")
+        for module in self.body.modules():
+            if isinstance(module, StackedBinaryConv2d):
+                module.conv_impl = impl
 
     def load_trial(self, index: int, model: nn.Module) -> None:
         """Overwrite trial ``index`` with the parameters and buffers of a single ``model``."""

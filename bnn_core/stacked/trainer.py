@@ -48,7 +48,7 @@ from ..devices import autocast, resolve_device, synchronize
 from ..layers import binary_layers
 from ..models import build_model
 from ..schedules import schedule_value
-from .network import stack_models, trial_view, verify_stacking
+from .network import CONV_IMPLS, stack_models, trial_view, verify_stacking
 from .optim import (
     BINARY_FAMILIES,
     HYPERPARAMETER_NAMES,
@@ -57,6 +57,7 @@ from .optim import (
     ROW_STEP_SIZE,
     StackedOptimizer,
 )
+from .tuning import choose_conv_impl
 
 __all__ = [
     "SHARED_FIELDS",
@@ -172,6 +173,8 @@ class StackedTrainer:
     ``dataset`` reuses loaded arrays; ``model_options`` go to ``build_model`` (e.g.
     ``{"width": 0.25}``); ``verify`` checks once that the stacked network reproduces the single
     models (always on for non-``nn.Sequential`` models when ``verify`` is None).
+    ``conv_impl`` is one of ``CONV_IMPLS`` or ``"auto"`` (on CUDA, time both at every build
+    and keep the faster: ``conv_impl_chosen`` and ``conv_timings`` say what was measured).
     """
 
     def __init__(
@@ -182,9 +185,16 @@ class StackedTrainer:
         model_options: dict[str, Any] | None = None,
         verify: bool | None = None,
         shrink_when_idle: bool = True,
+        conv_impl: str = "auto",
     ) -> None:
         if n_slots < 1:
             raise ConfigError("n_slots", f"must be >= 1, got {n_slots!r}")
+        if conv_impl not in ("auto", *CONV_IMPLS):
+            choices = ", ".join(("auto", *CONV_IMPLS))
+            raise ConfigError("conv_impl", f"must be one of {choices}, got {conv_impl!r}")
+        self.conv_impl = conv_impl
+        self.conv_impl_chosen = "grouped"
+        self.conv_timings: dict[str, float] = {}
         self.n_slots = n_slots
         self.dataset = dataset
         self.model_options = dict(model_options or {})
@@ -210,8 +220,8 @@ class StackedTrainer:
             return []
         self.reference = first[0]
         self._setup(first[0])
+        self._build_fitting(self.n_slots)
         self.slots = [None] * self.n_slots
-        self._build(self.n_slots)
         self._fill_slot(0, first)
         for index in range(1, self.n_slots):
             self._refill(index)
@@ -270,6 +280,7 @@ class StackedTrainer:
             example = torch.randn(2, n, *shape, device=self.device)
             if not verify_stacking([m.to(self.device) for m in models], network, example):
                 raise ConfigError("model", f"{config.model!r} cannot be stacked exactly")
+        self._choose_conv_impl(network, n)
         self.network = network
         self.forward = torch.compile(network) if config.compile else network
         self.optimizer = StackedOptimizer(
@@ -279,6 +290,29 @@ class StackedTrainer:
         self.train_index = torch.zeros(self.n_train, n, dtype=torch.int64, device=self.device)
         self.val_index = torch.zeros(self.n_val, n, dtype=torch.int64, device=self.device)
         self.n_slots = n
+
+    def _build_fitting(self, n: int) -> None:
+        """``_build(n)``, halving ``n`` while the stacked network itself does not fit."""
+        while True:
+            try:
+                self._build(n)
+                return
+            except torch.cuda.OutOfMemoryError:
+                if n == 1:
+                    raise
+            # Outside the except block, so the traceback no longer pins the partial build.
+            torch.cuda.empty_cache()
+            n //= 2
+            self.oom_backoffs += 1
+
+    def _choose_conv_impl(self, network: nn.Module, n: int) -> None:
+        if self.conv_impl == "auto":
+            example = torch.randn(self.batch, n, *self.data.input_shape, device=self.device)
+            impl, self.conv_timings = choose_conv_impl(network, example, self.reference.precision)
+        else:
+            impl, self.conv_timings = self.conv_impl, {}
+        network.conv_impl = impl
+        self.conv_impl_chosen = impl
 
     # ------------------------------------------------------------------ slots
     def _pull(self) -> tuple[TrainConfig, EpochCallback | None] | None:

@@ -20,10 +20,13 @@ from bnn_core.layers import split_parameters
 from bnn_core.models import build_model
 from bnn_core.optim import CEMA, Bop, Bop2ndOrder, build_optimizer
 from bnn_core.stacked import (
+    CONV_IMPLS,
     StackedOptimizer,
     StackedTrainer,
+    choose_conv_impl,
     choose_slots,
     stack_models,
+    time_conv_impls,
     train_stacked,
     trial_view,
     unstack,
@@ -487,3 +490,73 @@ def test_bf16_autocast_only_where_exact() -> None:
     assert torch.equal(low, exact.to(torch.bfloat16))
     for hook in hooks:
         hook.remove()
+
+
+@pytest.mark.parametrize("name", ["binarynet", "conv-small", "resnet"])
+def test_split_convolutions_compute_what_the_grouped_one_does(name: str) -> None:
+    models = make_models(name)
+    grouped, split = stack_models(models), stack_models(copy.deepcopy(models))
+    split.conv_impl = "split"
+    assert (grouped.conv_impl, split.conv_impl) == ("grouped", "split")
+    x = torch.randn(6, N, *MODELS[name][0])
+    y = torch.randint(0, 10, (6, N))
+    for network in (grouped, split):
+        loss = F.cross_entropy(network(x).permute(0, 2, 1), y, reduction="none").mean(0).sum()
+        loss.backward()
+    torch.testing.assert_close(split(x), grouped(x), atol=1e-5, rtol=1e-5)
+    grads = {k: p.grad for k, p in grouped.named_parameters()}
+    for key, param in split.named_parameters():
+        torch.testing.assert_close(param.grad, grads[key], atol=1e-5, rtol=1e-4, msg=key)
+
+
+def test_unknown_conv_impl_is_rejected() -> None:
+    network = stack_models(make_models("conv-small"))
+    with pytest.raises(ValueError, match="conv_impl"):
+        network.conv_impl = "winograd"
+    with pytest.raises(ConfigError, match="conv_impl"):
+        StackedTrainer(2, conv_impl="winograd")
+
+
+def test_trainer_runs_the_requested_conv_impl_and_times_only_on_cuda() -> None:
+    configs = [
+        dataclasses.replace(_digits_config(s, gamma=1e-3), model="conv-small", epochs=1)
+        for s in range(2)
+    ]
+    results = {}
+    for impl in ("grouped", "split", "auto"):
+        queue = list(configs)
+        trainer = StackedTrainer(2, model_options={"width": 0.5}, conv_impl=impl)
+        results[impl] = trainer.run(lambda q=queue: (q.pop(0), None) if q else None)
+        assert trainer.network.conv_impl == trainer.conv_impl_chosen
+        assert trainer.conv_impl_chosen == ("grouped" if impl == "auto" else impl)
+        assert trainer.conv_timings == {}  # CPU: nothing is timed
+    for impl in ("split", "auto"):
+        for mine, ref in zip(results[impl], results["grouped"], strict=True):
+            assert mine.epochs[0].train_loss == pytest.approx(ref.epochs[0].train_loss, rel=1e-4)
+
+
+def test_time_conv_impls_measures_both_on_a_copy() -> None:
+    network = stack_models(make_models("conv-small"))
+    before = {k: v.clone() for k, v in network.state_dict().items()}
+    timings = time_conv_impls(network, torch.randn(4, N, 1, 8, 8), repeats=1)
+    assert set(timings) == set(CONV_IMPLS) and all(t > 0 for t in timings.values())
+    assert all(p.grad is None for p in network.parameters())
+    for key, value in network.state_dict().items():
+        assert torch.equal(value, before[key]), key
+    assert choose_conv_impl(network, torch.randn(4, N, 1, 8, 8)) == ("grouped", {})
+
+
+def test_out_of_memory_while_building_halves_the_slots(monkeypatch) -> None:  # noqa: ANN001
+    original = StackedTrainer._choose_conv_impl
+
+    def too_big(self, network, n):  # noqa: ANN001, ANN202
+        if n > 2:
+            raise torch.cuda.OutOfMemoryError("simulated")
+        return original(self, network, n)
+
+    monkeypatch.setattr(StackedTrainer, "_choose_conv_impl", too_big)
+    queue = [_digits_config(s) for s in range(4)]
+    trainer = StackedTrainer(8, model_options={"hidden": 16}, shrink_when_idle=False)
+    results = trainer.run(lambda: (queue.pop(0), None) if queue else None)
+    assert (trainer.n_slots, trainer.oom_backoffs) == (2, 2)
+    assert len(results) == 4 and all(len(r.epochs) == 2 for r in results)
