@@ -1,0 +1,165 @@
+"""What only a CUDA device can show: bf16 + channels_last numerics, split vs grouped
+convolutions in cuDNN, stacked vs solo training on the GPU, real out-of-memory back-off,
+slot sizing from real free memory, and torch.compile. Skipped without CUDA (CI has none);
+run on a GPU machine with ``pytest tests/core/test_cuda.py``."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from bnn_core.config import OptimizerConfig, TrainConfig
+from bnn_core.data import Dataset
+from bnn_core.models import build_model
+from bnn_core.stacked import (
+    StackedTrainer,
+    choose_slots,
+    measure_slot_bytes,
+    stack_models,
+    train_stacked,
+)
+from bnn_core.train import train
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+SMALL_BINARYNET = {"width": 0.25, "dense_units": 64}
+
+
+def synthetic_cifar(images: int) -> Dataset:
+    rng = np.random.default_rng(0)
+    return Dataset(
+        "cifar10",
+        rng.integers(0, 256, (images, 3, 32, 32), dtype=np.uint8),
+        rng.integers(0, 10, images).astype(np.int64),
+        rng.integers(0, 256, (50, 3, 32, 32), dtype=np.uint8),
+        rng.integers(0, 10, 50).astype(np.int64),
+        10,
+    )
+
+
+def digits_config(seed: int, **changes: object) -> TrainConfig:
+    base = TrainConfig(
+        model="conv-small",
+        dataset="digits",
+        epochs=3,
+        batch_size=50,
+        seed=seed,
+        device="cuda",
+        optimizer=OptimizerConfig(name="bop", gamma=1e-3, threshold=1e-6),
+    )
+    return dataclasses.replace(base, **changes)
+
+
+def test_split_and_grouped_convolutions_agree_in_bf16_channels_last() -> None:
+    torch.manual_seed(0)
+    models = [build_model("binarynet", (3, 32, 32), 10, **SMALL_BINARYNET) for _ in range(4)]
+    networks = []
+    for impl in ("grouped", "split"):
+        network = stack_models(models).cuda().to(memory_format=torch.channels_last)
+        network.channels_last = True
+        network.conv_impl = impl
+        networks.append(network.eval())
+    layers = [dict(n.body.named_children())["3"] for n in networks]  # fed by a sign: bf16
+    signs = torch.where(torch.randn(50, 4 * 32, 30, 30, device="cuda") >= 0, 1.0, -1.0)
+    signs = signs.to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        exact = layers[0](signs)  # fp32 (or TF32: +-1 is exact there too, sums in fp32)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            grouped, split = (layer(signs) for layer in layers)
+    assert grouped.dtype == torch.bfloat16
+    assert torch.equal(grouped, split)  # integer sums: both exact, then one rounding
+    assert torch.equal(grouped, exact.to(torch.bfloat16))
+    x = torch.randn(8, 4, 3, 32, 32, device="cuda")
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        torch.testing.assert_close(networks[1](x), networks[0](x), atol=5e-2, rtol=1e-2)
+
+
+def test_stacked_trials_train_like_solo_trials_on_cuda() -> None:
+    configs = [digits_config(0), digits_config(1, optimizer=OptimizerConfig(gamma=1e-2))]
+    stacked = train_stacked(configs, model_options={"width": 0.5})
+    for config, result in zip(configs, stacked, strict=True):
+        solo = train(config, model_options={"width": 0.5})
+        for a, b in zip(result.epochs, solo.epochs, strict=True):
+            # cuDNN sums in another order than the grouped kernel: compare runs, not bits.
+            assert a.train_loss == pytest.approx(b.train_loss, rel=0.05)
+            assert a.val_accuracy == pytest.approx(b.val_accuracy, abs=0.05)
+
+
+@pytest.mark.parametrize("stacked", [False, True])
+def test_bf16_channels_last_training_learns_digits(stacked: bool) -> None:
+    config = digits_config(0, epochs=6, precision="bf16", channels_last=True)
+    if stacked:
+        results = train_stacked([config, dataclasses.replace(config, seed=1)])
+    else:
+        results = [train(config)]
+    for result in results:
+        assert result.epochs[-1].val_accuracy >= 0.85
+        assert all(np.isfinite(e.train_loss) for e in result.epochs)
+
+
+def test_a_real_out_of_memory_error_halves_the_slots_and_every_trial_finishes() -> None:
+    device = torch.device("cuda")
+    data = synthetic_cifar(200)
+    per_slot, fixed = measure_slot_bytes(
+        "binarynet", (3, 32, 32), 100, device, model_options=SMALL_BINARYNET
+    )
+    torch.cuda.empty_cache()
+    total = torch.cuda.get_device_properties(device).total_memory
+    limit = torch.cuda.memory_allocated(device) + 64 * 2**20 + fixed + 10 * per_slot
+    torch.cuda.set_per_process_memory_fraction(limit / total, device)
+    try:
+        configs = [
+            TrainConfig(
+                model="binarynet",
+                dataset="cifar10",
+                epochs=1,
+                batch_size=100,
+                seed=s,
+                device="cuda",
+                optimizer=OptimizerConfig(gamma=1e-3, threshold=1e-6),
+            )  # fmt: skip
+            for s in range(16)
+        ]
+        queue = list(configs)
+        trainer = StackedTrainer(16, dataset=data, model_options=SMALL_BINARYNET)
+        results = trainer.run(lambda: (queue.pop(0), None) if queue else None)
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0, device)
+        torch.cuda.empty_cache()
+    assert trainer.oom_backoffs >= 1 and trainer.n_slots <= 8
+    assert len(results) == 16
+    assert all(len(r.epochs) == 1 and np.isfinite(r.epochs[0].train_loss) for r in results)
+
+
+def test_choose_slots_sizes_n_from_free_memory() -> None:
+    n = choose_slots("binarynet", (3, 32, 32), 50, "cuda", max_slots=100_000, precision="bf16")
+    per_slot, _ = measure_slot_bytes(
+        "binarynet", (3, 32, 32), 50, torch.device("cuda"), precision="bf16"
+    )
+    free, _ = torch.cuda.mem_get_info()
+    assert 1 <= n < 100_000
+    assert n * per_slot <= free
+
+
+def test_optimizer_state_and_gradients_stay_fp32_under_bf16() -> None:
+    config = digits_config(0, epochs=1, precision="bf16", channels_last=True)
+    trainer = StackedTrainer(2)
+    queue = [config, dataclasses.replace(config, seed=1)]
+    trainer.run(lambda: (queue.pop(0), None) if queue else None)
+    for param in trainer.network.parameters():
+        assert param.dtype == torch.float32
+        assert param.grad is None or param.grad.dtype == torch.float32
+    for tensors in trainer.optimizer.state.values():
+        assert all(t.dtype == torch.float32 for t in tensors)
+
+
+def test_compiled_training_matches_eager() -> None:
+    config = digits_config(0, model="mlp", epochs=2)
+    eager = train(config)
+    compiled = train(dataclasses.replace(config, compile=True))
+    for a, b in zip(compiled.epochs, eager.epochs, strict=True):
+        assert a.train_loss == pytest.approx(b.train_loss, rel=0.05)
+        assert a.val_accuracy == pytest.approx(b.val_accuracy, abs=0.05)
