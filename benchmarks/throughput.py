@@ -46,7 +46,7 @@ from bnn_core.config import OptimizerConfig, TrainConfig  # noqa: E402
 from bnn_core.data import Dataset  # noqa: E402
 from bnn_core.models import build_model  # noqa: E402
 from bnn_core.optim import build_optimizer  # noqa: E402
-from bnn_core.stacked import StackedTrainer, choose_slots  # noqa: E402
+from bnn_core.stacked import CONV_IMPLS, StackedTrainer, choose_slots  # noqa: E402
 from bnn_core.train import train  # noqa: E402
 
 PEAK_FLOPS = 798e12  # H100 bf16, measured (performance.md 4.1)
@@ -147,8 +147,16 @@ def timed(times: list[float]) -> float:
     return min(times[1:]) if len(times) > 1 else times[0]
 
 
-def trial_config(args, batch: int, seed: int, device: torch.device) -> TrainConfig:  # noqa: ANN001
+def trial_config(
+    args,
+    batch: int,
+    seed: int,
+    device: torch.device,
+    precision: str | None = None,  # noqa: ANN001
+) -> TrainConfig:
     cuda = device.type == "cuda"
+    if precision is None:
+        precision = "bf16" if cuda else "fp32"
     return TrainConfig(
         model="binarynet",
         dataset="cifar10",
@@ -156,26 +164,36 @@ def trial_config(args, batch: int, seed: int, device: torch.device) -> TrainConf
         batch_size=batch,
         seed=seed,
         device=str(device),
-        precision="bf16" if cuda else "fp32",
+        precision=precision,
         channels_last=cuda,
         compile=args.compile,
         optimizer=OptimizerConfig(gamma=10 ** -(2 + seed % 3), threshold=1e-6),
     )
 
 
-def run_single(args, data: Dataset, batch: int, device: torch.device) -> float:  # noqa: ANN001
-    result = train(
-        trial_config(args, batch, 0, device), dataset=data, model_options=args.model_options
-    )
+def run_single(
+    args,
+    data: Dataset,
+    batch: int,
+    device: torch.device,
+    precision: str | None = None,  # noqa: ANN001
+) -> float:
+    config = trial_config(args, batch, 0, device, precision)
+    result = train(config, dataset=data, model_options=args.model_options)
     return timed([e.seconds for e in result.epochs])
 
 
 def run_stacked(args, data: Dataset, batch: int, n: int, device: torch.device) -> float:  # noqa: ANN001
     queue = [trial_config(args, batch, seed, device) for seed in range(n)]
-    trainer = StackedTrainer(n, dataset=data, model_options=args.model_options)
+    trainer = StackedTrainer(
+        n, dataset=data, model_options=args.model_options, conv_impl=args.conv_impl
+    )
     results = trainer.run(lambda: (queue.pop(0), None) if queue else None)
     if trainer.oom_backoffs:
         raise RuntimeError(f"out of memory at N={n}")
+    timings = ", ".join(f"{k} {1e3 * v:.1f} ms" for k, v in trainer.conv_timings.items())
+    print(f"  stacked N={n} batch {batch}: convs {trainer.conv_impl_chosen}"
+          f"{f' (fwd+bwd {timings})' if timings else ''}")  # fmt: skip
     return timed([e.seconds for e in results[0].epochs])
 
 
@@ -192,6 +210,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--workers", type=int, default=None, help="naive DataLoader workers")
     parser.add_argument("--compile", action="store_true", help="torch.compile our paths")
+    parser.add_argument(
+        "--conv-impl", default="auto", choices=("auto", *CONV_IMPLS),
+        help="stacked binary convs: grouped, split, or auto (time both on CUDA)",
+    )  # fmt: skip
+    parser.add_argument("--skip-naive", action="store_true", help="only our paths")
+    parser.add_argument(
+        "--fp32-single", action=argparse.BooleanOptionalAction, default=None,
+        help="also time our single trial in fp32 (default: on CUDA, where ours is bf16)",
+    )  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="CPU smoke sizes (< 2 min)")
     parser.add_argument("--tiny", action="store_true", help="with --quick: the tiniest run")
     args = parser.parse_args(argv)
@@ -212,6 +239,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     if args.workers is None:
         args.workers = 4 if device.type == "cuda" else 0
+    if args.fp32_single is None:
+        args.fp32_single = device.type == "cuda"
+    tag = " compiled" if args.compile else ""
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     args.model_options = {"width": args.width, "dense_units": args.dense}
@@ -232,14 +262,19 @@ def main(argv: list[str] | None = None) -> None:
           f"{n_train} train images/epoch, best of epochs 2..{args.epochs}")  # fmt: skip
     rows = []
     for batch in batches:
-        cases = [("naive", 1, lambda b=batch: run_naive(args, data, b, device))]
-        cases.append(("ours single", 1, lambda b=batch: run_single(args, data, b, device)))
+        cases = []
+        if not args.skip_naive:
+            cases.append(("naive", 1, lambda b=batch: run_naive(args, data, b, device)))
+        if args.fp32_single:
+            cases.append((f"single fp32{tag}", 1,
+                          lambda b=batch: run_single(args, data, b, device, "fp32")))  # fmt: skip
+        cases.append((f"ours single{tag}", 1, lambda b=batch: run_single(args, data, b, device)))
         for n in slots:
             fits = choose_slots(
                 "binarynet", (3, 32, 32), batch, device, n, model_options=args.model_options,
                 precision="bf16" if device.type == "cuda" else "fp32",
             )  # fmt: skip
-            cases.append((f"stacked N={fits}", fits, lambda b=batch, k=fits: run_stacked(
+            cases.append((f"stacked N={fits}{tag}", fits, lambda b=batch, k=fits: run_stacked(
                 args, data, b, k, device)))  # fmt: skip
         for name, n, fn in cases:
             try:
@@ -251,14 +286,14 @@ def main(argv: list[str] | None = None) -> None:
             rows.append((name, batch, n, seconds, per_model, n * n_train / seconds))
             print(f"  done: {name} batch {batch}: {seconds:.2f} s", flush=True)
     print()
-    header = (f"{'case':<14}{'batch':>6}{'N':>4}{'group s':>9}{'s/model-epoch':>15}"
+    header = (f"{'case':<22}{'batch':>6}{'N':>4}{'group s':>9}{'s/model-epoch':>15}"
               f"{'images/s':>11}{'x naive':>9}{'% floor':>9}")  # fmt: skip
     print(header)
     print("-" * len(header))
     naive = {b: r[4] for r in rows for b in [r[1]] if r[0] == "naive"}
     for name, batch, n, seconds, per_model, ips in rows:
         speedup = naive[batch] / per_model if batch in naive else math.nan
-        print(f"{name:<14}{batch:>6}{n:>4}{seconds:>9.2f}{per_model:>15.3f}{ips:>11.0f}"
+        print(f"{name:<22}{batch:>6}{n:>4}{seconds:>9.2f}{per_model:>15.3f}{ips:>11.0f}"
               f"{speedup:>9.2f}{100 * floor / per_model:>8.1f}%")  # fmt: skip
     small = min(batches)
     at_small = [r for r in rows if r[1] == small]
@@ -269,8 +304,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"trials/GPU-hour, {RECIPE_EPOCHS}-epoch Bop 5.1 recipe (from batch {small}, "
               "training only, no per-trial start-up):")  # fmt: skip
         for name, epoch_s in per_trial.items():
-            print(f"  {name:<14}{3600 / (RECIPE_EPOCHS * epoch_s):>10.2f}")
-        print(f"  ratio         {naive[small] / best[4]:>10.2f}x")
+            print(f"  {name:<22}{3600 / (RECIPE_EPOCHS * epoch_s):>10.2f}")
+        print(f"  ratio                 {naive[small] / best[4]:>10.2f}x")
 
 
 if __name__ == "__main__":
