@@ -8,11 +8,15 @@ Crop and flip are one gather: every output pixel reads ``padded[b, :, oy + i, ox
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["normalize", "random_crop_flip", "crop_flip"]
+__all__ = ["EpochDraws", "epoch_draws", "normalize", "random_crop_flip", "crop_flip"]
+
+AUGMENT_PAD = 4  # the Bop recipe's zero padding (science.md 1.5)
 
 
 def normalize(x: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
@@ -35,6 +39,32 @@ def crop_flip(x: Tensor, offsets_y: Tensor, offsets_x: Tensor, flip: Tensor, pad
     # advanced indices on dims 0, 2, 3 -> result (B, H, W, C)
     out = padded.permute(0, 2, 3, 1)[index, rows[:, :, None], cols[:, None, :]]
     return out.permute(0, 3, 1, 2)
+
+
+class EpochDraws(NamedTuple):
+    """One epoch's randomness of a training split: batch order and augmentation draws."""
+
+    order: Tensor  # (n,) permutation of the split
+    offsets: Tensor | None  # (2, draws) crop offsets in [0, 2 * pad], or None without augment
+    flips: Tensor | None  # (draws,) bool
+
+
+def epoch_draws(
+    n: int, draws: int, generator: torch.Generator, augment: bool, pad: int = AUGMENT_PAD
+) -> EpochDraws:
+    """Draw an epoch's order and ``draws`` crop/flip samples from a host ``generator``.
+
+    The solo loader and the stacked trainer both call this, in this order, from a CPU
+    generator seeded with the trial's seed: so a trial sees the same batches and the same
+    augmentation alone or stacked, on any device. One host-to-device copy per epoch follows;
+    nothing is drawn per step.
+    """
+    order = torch.randperm(n, generator=generator)
+    if not augment:
+        return EpochDraws(order, None, None)
+    offsets = torch.randint(0, 2 * pad + 1, (2, draws), generator=generator)
+    flips = torch.rand(draws, generator=generator) < 0.5
+    return EpochDraws(order, offsets, flips)
 
 
 def random_crop_flip(x: Tensor, pad: int = 4, generator: torch.Generator | None = None) -> Tensor:

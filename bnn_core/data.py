@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .augment import normalize, random_crop_flip
+from .augment import AUGMENT_PAD, crop_flip, epoch_draws, normalize
 from .config import ConfigError
 
 __all__ = [
@@ -268,9 +268,10 @@ class DeviceLoader:
     """Batches of a uint8 split that lives on ``device``.
 
     Iterating yields ``(x, y)`` with ``x`` normalised to [-1, 1] (float32, or ``channels_last``
-    if asked). With ``shuffle`` a permutation is drawn on the device from ``generator`` each
-    epoch and, with ``drop_last``, the trailing partial batch is dropped (Keras
-    ``steps_per_epoch = N // batch_size``). ``augment`` applies the pad-4/crop/flip pipeline.
+    if asked). With ``shuffle`` (and ``augment``) each epoch's order (and pad-4/crop/flip draws)
+    come from ``generator``, a CPU generator, through ``augment.epoch_draws``, which the
+    stacked trainer shares; they reach the device in one copy per epoch. With ``drop_last`` the
+    trailing partial batch is dropped (Keras ``steps_per_epoch = N // batch_size``).
     """
 
     def __init__(
@@ -305,8 +306,6 @@ class DeviceLoader:
         return n // bs if self.drop_last else -(-n // bs)
 
     def _prepare(self, x: Tensor) -> Tensor:
-        if self.augment:
-            x = random_crop_flip(x, pad=4, generator=self.generator)
         x = normalize(x)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -314,15 +313,23 @@ class DeviceLoader:
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         n, bs = self.num_samples, self.batch_size
-        order = (
-            torch.randperm(n, device=self.device, generator=self.generator)
-            if self.shuffle
-            else None
-        )
+        if not self.shuffle and not self.augment:
+            for i in range(len(self)):
+                yield self._prepare(self.x[i * bs : (i + 1) * bs]), self.y[i * bs : (i + 1) * bs]
+            return
+        # Drawn as the stacked trainer draws a slot's epoch (same calls, same sizes).
+        generator = self.generator or torch.default_generator
+        draws = epoch_draws(n, len(self) * min(bs, n), generator, self.augment)
+        order = draws.order.to(self.device) if self.shuffle else None
+        offsets = None if draws.offsets is None else draws.offsets.to(self.device)
+        flips = None if draws.flips is None else draws.flips.to(self.device)
         for i in range(len(self)):
             if order is None:
                 x, y = self.x[i * bs : (i + 1) * bs], self.y[i * bs : (i + 1) * bs]
             else:
                 index = order[i * bs : (i + 1) * bs]
                 x, y = self.x[index], self.y[index]
+            if offsets is not None and flips is not None:
+                part = slice(i * bs, i * bs + len(y))
+                x = crop_flip(x, offsets[0, part], offsets[1, part], flips[part], AUGMENT_PAD)
             yield self._prepare(x), y

@@ -94,7 +94,9 @@ def _setup(config: TrainConfig, dataset: Dataset | None, model_options: dict[str
     train_idx, val_idx = split_indices(
         len(data.y_train), config.val_fraction, config.seed, config.max_train_samples
     )
-    generator = torch.Generator(device=device).manual_seed(config.seed)
+    # A host generator: the loader draws each epoch's order and augmentation on the host
+    # (one copy per epoch), exactly as a stacked trial does, so solo == stacked on any device.
+    generator = torch.Generator().manual_seed(config.seed)
     augment = data.augment_by_default if config.augment is None else config.augment
     train_loader = _loader(
         data.x_train[train_idx], data.y_train[train_idx], config, device,

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -41,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..augment import crop_flip, normalize
+from ..augment import AUGMENT_PAD, crop_flip, epoch_draws, normalize
 from ..config import ConfigError, EpochMetrics, TrainConfig, TrainResult
 from ..data import Dataset, load_dataset, split_indices
 from ..devices import autocast, resolve_device, synchronize
@@ -91,7 +92,6 @@ SHARED_FIELDS = (
 )
 EVAL_BATCH_SIZE = 1000  # per trial, capped so that one chunk holds <= EVAL_IMAGES images
 EVAL_IMAGES = 2048
-AUGMENT_PAD = 4
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-7
 _HYPER_INDEX = {name: i for i, name in enumerate(HYPERPARAMETER_NAMES)}
@@ -204,6 +204,7 @@ class StackedTrainer:
         self.results: dict[int, TrainResult] = {}
         self.oom_backoffs = 0
         self.steps_run = 0
+        self.compile_failed: str | None = None
 
     # ------------------------------------------------------------------ public
     def run(
@@ -282,7 +283,9 @@ class StackedTrainer:
                 raise ConfigError("model", f"{config.model!r} cannot be stacked exactly")
         self._choose_conv_impl(network, n)
         self.network = network
-        self.forward = torch.compile(network) if config.compile else network
+        compile_network = config.compile and self.compile_failed is None  # failed: stay eager
+        self.forward = torch.compile(network) if compile_network else network
+        self._compile_pending = compile_network
         self.optimizer = StackedOptimizer(
             network, self.family, betas=ADAM_BETAS, adam_eps=ADAM_EPS
         )
@@ -380,14 +383,11 @@ class StackedTrainer:
             if slot is None:
                 order[:, index] = np.arange(spe * bs) % self.n_train
                 continue
-            perm = torch.randperm(self.n_train, generator=slot.generator).numpy()
-            order[:, index] = slot.train_index[perm[: spe * bs]]
-            if self.augment:
-                draws = torch.randint(
-                    0, 2 * AUGMENT_PAD + 1, (2, spe * bs), generator=slot.generator
-                )
-                offsets[:, :, index] = draws.numpy()
-                flips[:, index] = (torch.rand(spe * bs, generator=slot.generator) < 0.5).numpy()
+            draws = epoch_draws(self.n_train, spe * bs, slot.generator, self.augment)
+            order[:, index] = slot.train_index[draws.order[: spe * bs].numpy()]
+            if draws.offsets is not None and draws.flips is not None:
+                offsets[:, :, index] = draws.offsets.numpy()
+                flips[:, index] = draws.flips.numpy()
             table[:, :, index] = self._slot_table(slot)
         to = self.device
         return (
@@ -433,7 +433,9 @@ class StackedTrainer:
             shape = x.shape
             flat = x.reshape(-1, *shape[2:])
             off = offsets[:, i * bs : (i + 1) * bs].reshape(2, -1)
-            flat = crop_flip(flat, off[0], off[1], flips[i * bs : (i + 1) * bs].reshape(-1), 4)
+            flat = crop_flip(
+                flat, off[0], off[1], flips[i * bs : (i + 1) * bs].reshape(-1), AUGMENT_PAD
+            )
             x = flat.reshape(shape)
         return normalize(x), y
 
@@ -449,6 +451,26 @@ class StackedTrainer:
         correct = (logits.detach().argmax(-1) == y).sum(0)
         return per_trial.detach(), correct
 
+    def _first_compiled_step(self, x: Tensor, y: Tensor, row: Tensor) -> tuple[Tensor, Tensor]:
+        """The first step after a build compiles the network (forward and backward). If
+        torch.compile fails (a backend missing, an unsupported op), train eagerly instead:
+        eager computes the same function, only slower, and a trial should not die of it."""
+        try:
+            result = self._step(x, y, row)
+        except torch.cuda.OutOfMemoryError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any compiler error: fall back to eager
+            self.compile_failed = f"{type(exc).__name__}: {exc}"[:500]
+            warnings.warn(
+                f"torch.compile failed, training eagerly: {self.compile_failed}",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            self.forward = self.network
+            result = self._step(x, y, row)  # the optimizer had not stepped: a clean retry
+        self._compile_pending = False
+        return result
+
     def _group_epoch(self) -> None:
         start = time.perf_counter()
         self.network.train()
@@ -460,7 +482,10 @@ class StackedTrainer:
             out_of_memory = False
             try:
                 x, y = self._batch(order, offsets, flips, i)
-                losses, hits = self._step(x, y, table[i])
+                if self._compile_pending:
+                    losses, hits = self._first_compiled_step(x, y, table[i])
+                else:
+                    losses, hits = self._step(x, y, table[i])
             except torch.cuda.OutOfMemoryError:
                 if self.n_slots == 1:
                     raise

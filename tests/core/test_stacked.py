@@ -560,3 +560,56 @@ def test_out_of_memory_while_building_halves_the_slots(monkeypatch) -> None:  # 
     results = trainer.run(lambda: (queue.pop(0), None) if queue else None)
     assert (trainer.n_slots, trainer.oom_backoffs) == (2, 2)
     assert len(results) == 4 and all(len(r.epochs) == 2 for r in results)
+
+
+def test_augmented_trials_see_the_same_batches_alone_and_stacked() -> None:
+    """Order, crops and flips come from one host stream per trial (augment.epoch_draws), so an
+    augmented trial trains alike alone and stacked, on any device."""
+    rng = np.random.default_rng(1)
+    data = Dataset(
+        "cifar10",
+        rng.integers(0, 256, (130, 3, 32, 32), dtype=np.uint8),
+        rng.integers(0, 10, 130).astype(np.int64),
+        rng.integers(0, 256, (20, 3, 32, 32), dtype=np.uint8),
+        rng.integers(0, 10, 20).astype(np.int64),
+        10,
+    )
+    configs = [
+        TrainConfig(
+            model="mlp",
+            dataset="cifar10",
+            epochs=2,
+            batch_size=25,
+            seed=s,
+            optimizer=OptimizerConfig(gamma=1e-2, threshold=1e-7),
+        )  # fmt: skip
+        for s in (3, 4)
+    ]
+    # mlp: its batched and single matmuls round alike on the CPU, so the runs agree to float
+    # noise (a real-valued first conv could turn a rounding difference into a sign flip).
+    options = {"hidden": 32}
+    stacked = train_stacked(configs, dataset=data, model_options=options)
+    for config, result in zip(configs, stacked, strict=True):
+        solo = train(config, dataset=data, model_options=options)
+        for a, b in zip(result.epochs, solo.epochs, strict=True):
+            assert a.train_loss == pytest.approx(b.train_loss, rel=1e-4, abs=1e-5)
+            assert a.flip_ratio == pytest.approx(b.flip_ratio, rel=0.05, abs=1e-6)
+
+
+def test_a_failing_torch_compile_falls_back_to_eager(monkeypatch) -> None:  # noqa: ANN001
+    def broken_compile(module):  # noqa: ANN001, ANN202
+        def fails(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            raise RuntimeError("backend compiler failed")
+
+        return fails
+
+    configs = [_digits_config(s) for s in range(2)]
+    eager = train_stacked(configs, model_options={"hidden": 16})
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    queue = [dataclasses.replace(c, compile=True) for c in configs]
+    trainer = StackedTrainer(2, model_options={"hidden": 16})
+    with pytest.warns(RuntimeWarning, match="torch.compile failed"):
+        results = trainer.run(lambda: (queue.pop(0), None) if queue else None)
+    assert trainer.compile_failed and "backend compiler failed" in trainer.compile_failed
+    for mine, ref in zip(results, eager, strict=True):
+        assert [e.train_loss for e in mine.epochs] == [e.train_loss for e in ref.epochs]
