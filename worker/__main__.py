@@ -20,6 +20,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", help="auto | cpu | cuda | cuda:N (BNN_TUNE_DEVICE)")
     parser.add_argument("--worker-id", help="name shown on trials (BNN_TUNE_WORKER_ID)")
     parser.add_argument("--poll-interval", type=float, help="seconds between idle polls")
+    parser.add_argument(
+        "--compile", choices=("auto", "on", "off"), help="torch.compile (BNN_TUNE_COMPILE)"
+    )
     parser.add_argument("--max-trials", type=int, help="exit after this many trials")
     parser.add_argument("--once", action="store_true", help="exit when no study has work")
     parser.add_argument("--log-level", default="INFO")
@@ -43,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         "device": args.device,
         "worker_id": args.worker_id,
         "poll_interval_s": args.poll_interval,
+        "compile": args.compile,
         "worker_max_trials": args.max_trials,
         "once": True if args.once else None,
     }

@@ -55,7 +55,7 @@ from service.spec import StudySpec
 from service.studies import final_status
 from worker.control import Heartbeat
 from worker.objective import build_pruner, build_sampler
-from worker.settings import WorkerSettings, resolve_device
+from worker.settings import WorkerSettings, resolve_device, use_compile
 from worker.stacked import run_stacked, stacking_slots
 from worker.trial import (
     STUDY_STOPPED,
@@ -522,6 +522,7 @@ class Worker:
                     device=device,
                     data_dir=self.settings.data_dir,
                     download=self.settings.download,
+                    compile=use_compile(self.settings.compile, device, stacked=False),
                 ),
                 lambda: self.should_stop(handle),
                 train_fn=self.train_fn or self.train_cached,

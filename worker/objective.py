@@ -140,9 +140,12 @@ def build_train_config(
     device: str = "cpu",
     data_dir: str | None = None,
     download: bool = False,
+    compile: bool = False,
 ) -> TrainConfig:
     """Sample the trial's parameters and build its ``TrainConfig`` (``device`` is already
-    resolved by the worker; ``data_dir``/``download`` of the spec win over the worker's)."""
+    resolved by the worker; ``data_dir``/``download`` of the spec win over the worker's).
+    On CUDA the images are channels_last (a layout choice: same results, faster convs);
+    ``compile`` is the worker's choice (``WorkerSettings.compile``)."""
     values = suggest_params(trial, spec)
     return TrainConfig(
         model=spec.model,
@@ -155,6 +158,8 @@ def build_train_config(
         seed=spec.seed,
         device=device,
         precision=spec.precision,
+        channels_last=device.startswith("cuda"),
+        compile=compile,
         max_train_samples=spec.max_train_samples,
     )
 

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import os
 import socket
+from typing import Literal
 
 from pydantic import Field, field_validator
 
 from service.settings import Settings
 
-__all__ = ["WorkerSettings", "default_worker_id", "resolve_device"]
+__all__ = ["WorkerSettings", "default_worker_id", "resolve_device", "use_compile"]
 
 
 def default_worker_id() -> str:
@@ -33,6 +34,11 @@ class WorkerSettings(Settings):
     once: bool = Field(False, description="Exit when no study has work (tests, batch jobs).")
     reconnect_max_s: float = Field(30.0, gt=0, description="Cap of the reconnect backoff.")
     stack_on_cpu: bool = Field(False, description="Stack trials_per_gpu trials on a CPU too.")
+    compile: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="torch.compile the network: 'auto' = for stacked trials on CUDA (measured "
+        "1.4x faster on an H200; about 30 s of compiling per group), 'on' = every trial.",
+    )
     orphan_after_s: float = Field(
         60.0,
         gt=0,
@@ -46,6 +52,11 @@ class WorkerSettings(Settings):
         if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit()):
             return value
         raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {value!r}")
+
+
+def use_compile(setting: str, device: str, stacked: bool) -> bool:
+    """Whether a trial on ``device`` is compiled under the ``compile`` setting."""
+    return setting == "on" or (setting == "auto" and stacked and device.startswith("cuda"))
 
 
 def resolve_device(device: str) -> str:

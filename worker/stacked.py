@@ -27,6 +27,7 @@ from bnn_core.config import TrainConfig, TrainResult
 from service.spec import StudySpec
 from worker.control import Heartbeat
 from worker.objective import InfeasibleParams
+from worker.settings import use_compile
 from worker.trial import (
     TRANSIENT_DB_ERRORS,
     EpochRecorder,
@@ -111,6 +112,7 @@ class StackedRun:
                     device=self.device,
                     data_dir=self.worker.settings.data_dir,
                     download=self.worker.settings.download,
+                    compile=use_compile(self.worker.settings.compile, self.device, stacked=True),
                 )
             except InfeasibleParams as exc:
                 outcome = TrialOutcome(TrialState.PRUNED, error=str(exc), stop_reason="infeasible")

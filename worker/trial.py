@@ -174,6 +174,7 @@ def prepare_trial(
     device: str,
     data_dir: str | None = None,
     download: bool = False,
+    compile: bool = False,
 ) -> TrainConfig:
     """Sample the trial's config and record ``train_config``, ``worker_id`` and ``device``.
     Raises :class:`InfeasibleParams` or ``ConfigError`` for configs that cannot train."""
@@ -181,7 +182,7 @@ def prepare_trial(
     _set_attr(trial, "device", device)
     config = retry_db(
         lambda: build_train_config(
-            spec, trial, device=device, data_dir=data_dir, download=download
+            spec, trial, device=device, data_dir=data_dir, download=download, compile=compile
         ),
         "sample",
     )

@@ -7,6 +7,7 @@ import importlib.util
 import optuna
 import pytest
 from optuna.trial import FixedTrial
+from pydantic import ValidationError
 
 from bnn_core.config import Schedule
 from service.spec import (
@@ -25,6 +26,7 @@ from worker.objective import (
     build_train_config,
     suggest_params,
 )
+from worker.settings import WorkerSettings, use_compile
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -275,3 +277,34 @@ def test_latent_weight_clip_reaches_the_optimizer_config(family: str) -> None:
         _spec(optimizer=family, search_space={"lr": 1e-3}), FixedTrial({})
     )
     assert default.optimizer.latent_weight_clip is None
+
+
+def test_cuda_trials_are_channels_last_and_compile_is_the_workers_choice() -> None:
+    spec = _spec()
+    trial = optuna.create_study().ask()
+    on_cpu = build_train_config(spec, trial, device="cpu")
+    assert (on_cpu.channels_last, on_cpu.compile) == (False, False)
+    on_gpu = build_train_config(spec, trial, device="cuda:1", compile=True)
+    assert (on_gpu.channels_last, on_gpu.compile) == (True, True)
+
+
+@pytest.mark.parametrize(
+    ("setting", "device", "stacked", "expected"),
+    [
+        ("auto", "cuda", True, True),
+        ("auto", "cuda:2", False, False),
+        ("auto", "cpu", True, False),
+        ("on", "cpu", False, True),
+        ("off", "cuda", True, False),
+    ],
+)
+def test_compile_setting(setting: str, device: str, stacked: bool, expected: bool) -> None:
+    assert use_compile(setting, device, stacked) is expected
+
+
+def test_compile_setting_is_read_from_the_environment_and_checked(monkeypatch) -> None:  # noqa: ANN001
+    monkeypatch.setenv("BNN_TUNE_COMPILE", "off")
+    assert WorkerSettings().compile == "off"
+    monkeypatch.setenv("BNN_TUNE_COMPILE", "sometimes")
+    with pytest.raises(ValidationError, match="compile"):
+        WorkerSettings()

@@ -61,6 +61,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         "--device": args.device,
         "--worker-id": args.worker_id,
         "--poll-interval": args.poll_interval,
+        "--compile": args.compile,
         "--max-trials": args.max_trials,
         "--log-level": args.log_level,
     }

@@ -137,6 +137,11 @@ def _add_worker(sub: Any) -> None:
     p.add_argument("--worker-id", help="name shown on trials (default <hostname>-<pid>)")
     p.add_argument("--data-dir", help="dataset directory (env BNN_TUNE_DATA_DIR)")
     p.add_argument("--poll-interval", type=float, help="seconds between polls when idle")
+    p.add_argument(
+        "--compile",
+        choices=("auto", "on", "off"),
+        help="torch.compile: auto = stacked trials on CUDA (env BNN_TUNE_COMPILE)",
+    )
     p.add_argument("--max-trials", type=_positive_int, help="exit after this many trials")
     p.add_argument("--once", action="store_true", help="exit when no study has work left")
     p.add_argument("--log-level", default="INFO", help="logging level (default %(default)s)")
