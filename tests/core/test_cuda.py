@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from bnn_core.config import OptimizerConfig, TrainConfig
+from bnn_core.config import OptimizerConfig, TrainConfig, TrainResult
 from bnn_core.data import Dataset
 from bnn_core.models import build_model
 from bnn_core.stacked import (
@@ -72,20 +72,31 @@ def test_split_and_grouped_convolutions_agree_in_bf16_channels_last() -> None:
     assert grouped.dtype == torch.bfloat16
     assert torch.equal(grouped, split)  # integer sums: both exact, then one rounding
     assert torch.equal(grouped, exact.to(torch.bfloat16))
-    x = torch.randn(8, 4, 3, 32, 32, device="cuda")
+    # The first layer sees real pixels and runs fp32; the two implementations may sum in
+    # another order there, so only closeness holds (after a sign, any difference can flip it).
+    first = [dict(n.body.named_children())["0"] for n in networks]
+    x = torch.randn(8, 4 * 3, 32, 32, device="cuda").to(memory_format=torch.channels_last)
     with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
-        torch.testing.assert_close(networks[1](x), networks[0](x), atol=5e-2, rtol=1e-2)
+        torch.testing.assert_close(first[1](x), first[0](x), atol=1e-2, rtol=1e-2)
 
 
-def test_stacked_trials_train_like_solo_trials_on_cuda() -> None:
-    configs = [digits_config(0), digits_config(1, optimizer=OptimizerConfig(gamma=1e-2))]
-    stacked = train_stacked(configs, model_options={"width": 0.5})
+def test_stacked_trials_train_like_solo_trials_on_cuda(monkeypatch) -> None:  # noqa: ANN001
+    """On the GPU the grouped kernels sum in another order than the single ones; a BNN turns
+    such differences into different signs, so the runs are compared as runs: the same losses
+    within a few percent (full fp32, no TF32, so the differences start at rounding level)."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    configs = [
+        digits_config(s, model="mlp", epochs=2, optimizer=OptimizerConfig(gamma=g))
+        for s, g in [(0, 1e-3), (1, 1e-2)]
+    ]
+    stacked = train_stacked(configs)
     for config, result in zip(configs, stacked, strict=True):
-        solo = train(config, model_options={"width": 0.5})
+        solo = train(config)
         for a, b in zip(result.epochs, solo.epochs, strict=True):
-            # cuDNN sums in another order than the grouped kernel: compare runs, not bits.
             assert a.train_loss == pytest.approx(b.train_loss, rel=0.05)
             assert a.val_accuracy == pytest.approx(b.val_accuracy, abs=0.05)
+            assert a.flip_ratio == pytest.approx(b.flip_ratio, rel=0.2)
 
 
 @pytest.mark.parametrize("stacked", [False, True])
@@ -100,36 +111,48 @@ def test_bf16_channels_last_training_learns_digits(stacked: bool) -> None:
         assert all(np.isfinite(e.train_loss) for e in result.epochs)
 
 
+def _binarynet_configs(n: int) -> list[TrainConfig]:
+    return [
+        TrainConfig(
+            model="binarynet",
+            dataset="cifar10",
+            epochs=1,
+            batch_size=25,
+            seed=s,
+            device="cuda",
+            optimizer=OptimizerConfig(gamma=1e-3, threshold=1e-6),
+        )  # fmt: skip
+        for s in range(n)
+    ]
+
+
+def _run(trainer: StackedTrainer, configs: list[TrainConfig]) -> list[TrainResult]:
+    queue = list(configs)
+    return trainer.run(lambda: (queue.pop(0), None) if queue else None)
+
+
 def test_a_real_out_of_memory_error_halves_the_slots_and_every_trial_finishes() -> None:
-    device = torch.device("cuda")
+    """Cap the allocator so that one slot fits with room to spare but 16 cannot: 16 slots
+    need at least 16 x (weights + grads + Bop's m) = 16 x 12 bytes per parameter."""
+    device = torch.device("cuda", torch.cuda.current_device())
     data = synthetic_cifar(200)
-    per_slot, fixed = measure_slot_bytes(
-        "binarynet", (3, 32, 32), 100, device, model_options=SMALL_BINARYNET
-    )
+    params = sum(p.numel() for p in build_model("binarynet", (3, 32, 32), 10).parameters())
     torch.cuda.empty_cache()
+    baseline = torch.cuda.memory_reserved(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    _run(StackedTrainer(1, dataset=data), _binarynet_configs(1))
+    one_slot = torch.cuda.max_memory_allocated(device) - torch.cuda.memory_allocated(device)
+    torch.cuda.empty_cache()
+    cap = baseline + 1.5 * one_slot + 4 * 12 * params
     total = torch.cuda.get_device_properties(device).total_memory
-    limit = torch.cuda.memory_allocated(device) + 64 * 2**20 + fixed + 10 * per_slot
-    torch.cuda.set_per_process_memory_fraction(limit / total, device)
+    torch.cuda.set_per_process_memory_fraction(cap / total, device)
     try:
-        configs = [
-            TrainConfig(
-                model="binarynet",
-                dataset="cifar10",
-                epochs=1,
-                batch_size=100,
-                seed=s,
-                device="cuda",
-                optimizer=OptimizerConfig(gamma=1e-3, threshold=1e-6),
-            )  # fmt: skip
-            for s in range(16)
-        ]
-        queue = list(configs)
-        trainer = StackedTrainer(16, dataset=data, model_options=SMALL_BINARYNET)
-        results = trainer.run(lambda: (queue.pop(0), None) if queue else None)
+        trainer = StackedTrainer(16, dataset=data, shrink_when_idle=False)
+        results = _run(trainer, _binarynet_configs(16))
     finally:
         torch.cuda.set_per_process_memory_fraction(1.0, device)
         torch.cuda.empty_cache()
-    assert trainer.oom_backoffs >= 1 and trainer.n_slots <= 8
+    assert trainer.oom_backoffs >= 1 and trainer.n_slots < 16
     assert len(results) == 16
     assert all(len(r.epochs) == 1 and np.isfinite(r.epochs[0].train_loss) for r in results)
 
