@@ -214,7 +214,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--conv-impl", default="auto", choices=("auto", *CONV_IMPLS),
         help="stacked binary convs: grouped, split, or auto (time both on CUDA)",
     )  # fmt: skip
-    parser.add_argument("--skip-naive", action="store_true", help="only our paths")
+    parser.add_argument("--skip-naive", action="store_true", help="no naive baseline rows")
+    parser.add_argument("--skip-single", action="store_true", help="no single-trial rows")
     parser.add_argument(
         "--fp32-single", action=argparse.BooleanOptionalAction, default=None,
         help="also time our single trial in fp32 (default: on CUDA, where ours is bf16)",
@@ -265,10 +266,13 @@ def main(argv: list[str] | None = None) -> None:
         cases = []
         if not args.skip_naive:
             cases.append(("naive", 1, lambda b=batch: run_naive(args, data, b, device)))
-        if args.fp32_single:
+        if args.fp32_single and not args.skip_single:
             cases.append((f"single fp32{tag}", 1,
                           lambda b=batch: run_single(args, data, b, device, "fp32")))  # fmt: skip
-        cases.append((f"ours single{tag}", 1, lambda b=batch: run_single(args, data, b, device)))
+        if not args.skip_single:
+            cases.append(
+                (f"ours single{tag}", 1, lambda b=batch: run_single(args, data, b, device))
+            )
         for n in slots:
             fits = choose_slots(
                 "binarynet", (3, 32, 32), batch, device, n, model_options=args.model_options,
@@ -284,7 +288,8 @@ def main(argv: list[str] | None = None) -> None:
                 continue
             per_model = seconds / n * EPOCH_IMAGES / n_train
             rows.append((name, batch, n, seconds, per_model, n * n_train / seconds))
-            print(f"  done: {name} batch {batch}: {seconds:.2f} s", flush=True)
+            print(f"  done: {name} batch {batch}: {seconds:.2f} s, {per_model:.3f} s/model-epoch, "
+                  f"{n * n_train / seconds:.0f} images/s", flush=True)  # fmt: skip
     print()
     header = (f"{'case':<22}{'batch':>6}{'N':>4}{'group s':>9}{'s/model-epoch':>15}"
               f"{'images/s':>11}{'x naive':>9}{'% floor':>9}")  # fmt: skip
