@@ -102,12 +102,36 @@ def test_unreachable_api_is_one_line(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "argv",
-    [["plot", "1"], ["plot", "1", "--kind", "nope", "--out", "x.png"], ["serve", "--port", "0"]],
+    [
+        ["plot", "1"],
+        ["plot", "1", "--kind", "nope", "--out", "x.png"],
+        ["serve", "--port", "0"],
+        ["worker", "--compile", "sometimes"],
+        ["worker", "--max-trials", "0"],
+    ],
 )
 def test_bad_arguments_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
     assert exit_info.value.code == 2
+
+
+def test_worker_with_bad_settings_is_one_line_exit_2(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'w.db'}"
+    result = _run("worker", "--device", "gpu7", "--once", "--database-url", url)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "cannot start: device:" in result.stderr and "'gpu7'" in result.stderr
+
+
+def test_bnn_tune_worker_and_python_m_worker_take_the_same_flags() -> None:
+    def flags(argv: list[str]) -> set[str]:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=ROOT).stdout
+        return {word.strip("[],") for word in out.split() if word.startswith(("--", "[--"))}
+
+    mine = flags([BNN_TUNE, "worker", "--help"])
+    assert {"--compile", "--device", "--database-url", "--max-trials"} <= mine
+    assert mine == flags([sys.executable, "-m", "worker", "--help"])
 
 
 def test_every_subcommand_has_a_handler() -> None:

@@ -54,23 +54,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    if args.data_dir:
-        os.environ["BNN_TUNE_DATA_DIR"] = args.data_dir
-    flags = {
-        "--database-url": args.database_url,
-        "--device": args.device,
-        "--worker-id": args.worker_id,
-        "--poll-interval": args.poll_interval,
-        "--compile": args.compile,
-        "--max-trials": args.max_trials,
-        "--log-level": args.log_level,
-    }
-    argv = [str(x) for flag, value in flags.items() if value is not None for x in (flag, value)]
-    if args.once:
-        argv.append("--once")
-    from worker.__main__ import main as worker_main  # imports torch only when a trial runs
+    from worker.process import run_worker_process  # imports torch only when a trial runs
 
-    return int(worker_main(argv) or 0)
+    return run_worker_process(args)
 
 
 def cmd_submit(args: argparse.Namespace) -> int:

@@ -19,6 +19,7 @@ from worker.cli.commands import (
     cmd_worker,
 )
 from worker.cli.demo import cmd_demo
+from worker.process import add_worker_arguments, positive_int
 
 __all__ = ["build_parser"]
 
@@ -83,23 +84,11 @@ def _add_bind_options(parser: argparse.ArgumentParser, port: int) -> None:
 
 
 def _add_top_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--top", type=_positive_int, default=5, help="rows in the comparison table"
-    )
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+    parser.add_argument("--top", type=positive_int, default=5, help="rows in the comparison table")
 
 
 def _port(text: str) -> int:
-    value = _positive_int(text)
+    value = positive_int(text)
     if value > 65535:
         raise argparse.ArgumentTypeError(f"not a port: {value}")
     return value
@@ -115,7 +104,7 @@ def _add_serve(sub: Any) -> None:
     )
     _add_database_option(p)
     _add_bind_options(p, port=8000)
-    p.add_argument("--workers", type=_positive_int, default=1, help="uvicorn worker processes")
+    p.add_argument("--workers", type=positive_int, default=1, help="uvicorn worker processes")
     p.add_argument(
         "--log-level",
         default=os.environ.get("BNN_TUNE_LOG_LEVEL", "info"),
@@ -133,18 +122,7 @@ def _add_worker(sub: Any) -> None:
         "several on one machine; they coordinate through the shared database.",
     )
     _add_database_option(p)
-    p.add_argument("--device", help="auto, cpu, cuda or cuda:N (env BNN_TUNE_DEVICE)")
-    p.add_argument("--worker-id", help="name shown on trials (default <hostname>-<pid>)")
-    p.add_argument("--data-dir", help="dataset directory (env BNN_TUNE_DATA_DIR)")
-    p.add_argument("--poll-interval", type=float, help="seconds between polls when idle")
-    p.add_argument(
-        "--compile",
-        choices=("auto", "on", "off"),
-        help="torch.compile: auto = stacked trials on CUDA (env BNN_TUNE_COMPILE)",
-    )
-    p.add_argument("--max-trials", type=_positive_int, help="exit after this many trials")
-    p.add_argument("--once", action="store_true", help="exit when no study has work left")
-    p.add_argument("--log-level", default="INFO", help="logging level (default %(default)s)")
+    add_worker_arguments(p)
 
 
 def _add_submit(sub: Any) -> None:
@@ -168,7 +146,7 @@ def _add_status(sub: Any) -> None:
         "progress, best parameters and the best trials of a study",
         "Show a study's progress, its best parameters and a table of its best trials.",
     )
-    p.add_argument("study_id", metavar="ID", type=_positive_int, help="study id (from submit)")
+    p.add_argument("study_id", metavar="ID", type=positive_int, help="study id (from submit)")
     p.add_argument("--watch", action="store_true", help="refresh until the study ends")
     p.add_argument("--interval", type=float, default=2.0, help="--watch refresh seconds")
     _add_top_option(p)
@@ -221,7 +199,7 @@ def _add_plot(sub: Any) -> None:
         "download a study plot (params, curves, flips) as PNG or SVG",
         "Fetch a plot of a study from the API and write it to FILE.",
     )
-    p.add_argument("study_id", metavar="ID", type=_positive_int, help="study id")
+    p.add_argument("study_id", metavar="ID", type=positive_int, help="study id")
     p.add_argument("--kind", choices=PLOT_KINDS, required=True, help="which plot")
     p.add_argument("--out", metavar="FILE", required=True, help="output file (.png or .svg)")
     p.add_argument("--format", choices=["png", "svg"], help="default: from FILE's suffix")
@@ -249,5 +227,5 @@ def _add_demo(sub: Any) -> None:
         default="runs/demo",
         help="folder for the database, logs and plots (default %(default)s)",
     )
-    p.add_argument("--workers", type=_positive_int, default=1, help="local worker processes")
+    p.add_argument("--workers", type=positive_int, default=1, help="local worker processes")
     _add_top_option(p)
