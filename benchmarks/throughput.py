@@ -43,7 +43,7 @@ from torch.utils.data import Dataset as TorchDataset
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bnn_core.config import OptimizerConfig, TrainConfig  # noqa: E402
-from bnn_core.data import Dataset  # noqa: E402
+from bnn_core.data import Dataset, random_cifar10  # noqa: E402
 from bnn_core.models import build_model  # noqa: E402
 from bnn_core.optim import build_optimizer  # noqa: E402
 from bnn_core.stacked import CONV_IMPLS, StackedTrainer, choose_slots  # noqa: E402
@@ -52,18 +52,6 @@ from bnn_core.train import train  # noqa: E402
 PEAK_FLOPS = 798e12  # H100 bf16, measured (performance.md 4.1)
 EPOCH_IMAGES = 50_000
 RECIPE_EPOCHS = 100  # Bop paper 5.1
-
-
-def synthetic_cifar(images: int, seed: int = 0) -> Dataset:
-    rng = np.random.default_rng(seed)
-    return Dataset(
-        "cifar10",
-        rng.integers(0, 256, (images, 3, 32, 32), dtype=np.uint8),
-        rng.integers(0, 10, images).astype(np.int64),
-        rng.integers(0, 256, (100, 3, 32, 32), dtype=np.uint8),
-        rng.integers(0, 10, 100).astype(np.int64),
-        10,
-    )
 
 
 def forward_macs(model: nn.Module, input_shape: tuple[int, int, int]) -> int:
@@ -248,7 +236,7 @@ def main(argv: list[str] | None = None) -> None:
     args.model_options = {"width": args.width, "dense_units": args.dense}
     batches = [int(b) for b in args.batch_sizes.split(",")]
     slots = [int(n) for n in args.slots.split(",")]
-    data = synthetic_cifar(int(args.images / 0.9))
+    data = random_cifar10(int(args.images / 0.9))
     n_train = len(data.y_train) - max(1, round(0.1 * len(data.y_train)))
     model = build_model("binarynet", (3, 32, 32), 10, **args.model_options)
     flop_per_image = 6 * forward_macs(model, (3, 32, 32))  # train = 3 x forward, 2 FLOP/MAC

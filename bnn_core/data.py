@@ -35,6 +35,7 @@ __all__ = [
     "DeviceLoader",
     "default_data_dir",
     "load_dataset",
+    "random_cifar10",
     "read_idx",
     "split_indices",
 ]
@@ -80,6 +81,20 @@ class Dataset:
     def augment_by_default(self) -> bool:
         """The Bop paper augments CIFAR-10 (pad 4, crop, flip); the others are not augmented."""
         return self.name == "cifar10"
+
+
+def random_cifar10(train_images: int, test_images: int = 100, seed: int = 0) -> Dataset:
+    """Random uint8 images and labels of CIFAR-10's shape, named ``cifar10`` (so augmented
+    by default): for benchmarks and tests, where they cost what the real images cost."""
+    rng = np.random.default_rng(seed)
+    return Dataset(
+        "cifar10",
+        rng.integers(0, 256, (train_images, 3, 32, 32), dtype=np.uint8),
+        rng.integers(0, 10, train_images).astype(np.int64),
+        rng.integers(0, 256, (test_images, 3, 32, 32), dtype=np.uint8),
+        rng.integers(0, 10, test_images).astype(np.int64),
+        10,
+    )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from bnn_core.config import OptimizerConfig, TrainConfig, TrainResult
-from bnn_core.data import Dataset
+from bnn_core.data import random_cifar10
 from bnn_core.models import build_model
 from bnn_core.stacked import (
     StackedTrainer,
@@ -26,18 +26,6 @@ from bnn_core.train import train
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 SMALL_BINARYNET = {"width": 0.25, "dense_units": 64}
-
-
-def synthetic_cifar(images: int) -> Dataset:
-    rng = np.random.default_rng(0)
-    return Dataset(
-        "cifar10",
-        rng.integers(0, 256, (images, 3, 32, 32), dtype=np.uint8),
-        rng.integers(0, 10, images).astype(np.int64),
-        rng.integers(0, 256, (50, 3, 32, 32), dtype=np.uint8),
-        rng.integers(0, 10, 50).astype(np.int64),
-        10,
-    )
 
 
 def digits_config(seed: int, **changes: object) -> TrainConfig:
@@ -135,7 +123,7 @@ def test_a_real_out_of_memory_error_halves_the_slots_and_every_trial_finishes() 
     """Cap the allocator so that one slot fits with room to spare but 16 cannot: 16 slots
     need at least 16 x (weights + grads + Bop's m) = 16 x 12 bytes per parameter."""
     device = torch.device("cuda", torch.cuda.current_device())
-    data = synthetic_cifar(200)
+    data = random_cifar10(200, 50)
     params = sum(p.numel() for p in build_model("binarynet", (3, 32, 32), 10).parameters())
     torch.cuda.empty_cache()
     baseline = torch.cuda.memory_reserved(device)

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bnn_core.config import ConfigError, OptimizerConfig, Schedule, TrainConfig
-from bnn_core.data import Dataset
+from bnn_core.data import random_cifar10
 from bnn_core.layers import split_parameters
 from bnn_core.models import build_model
 from bnn_core.optim import CEMA, Bop, Bop2ndOrder, build_optimizer
@@ -410,15 +410,7 @@ def test_cuda_oom_halves_the_slots_and_finishes_every_trial(monkeypatch) -> None
 
 
 def test_augmented_binarynet_trains_stacked() -> None:
-    rng = np.random.default_rng(0)
-    data = Dataset(
-        "cifar10",
-        rng.integers(0, 256, (120, 3, 32, 32), dtype=np.uint8),
-        rng.integers(0, 10, 120).astype(np.int64),
-        rng.integers(0, 256, (20, 3, 32, 32), dtype=np.uint8),
-        rng.integers(0, 10, 20).astype(np.int64),
-        10,
-    )
+    data = random_cifar10(120, 20, seed=0)
     configs = [
         TrainConfig(
             model="binarynet",
@@ -565,15 +557,7 @@ def test_out_of_memory_while_building_halves_the_slots(monkeypatch) -> None:  # 
 def test_augmented_trials_see_the_same_batches_alone_and_stacked() -> None:
     """Order, crops and flips come from one host stream per trial (augment.epoch_draws), so an
     augmented trial trains alike alone and stacked, on any device."""
-    rng = np.random.default_rng(1)
-    data = Dataset(
-        "cifar10",
-        rng.integers(0, 256, (130, 3, 32, 32), dtype=np.uint8),
-        rng.integers(0, 10, 130).astype(np.int64),
-        rng.integers(0, 256, (20, 3, 32, 32), dtype=np.uint8),
-        rng.integers(0, 10, 20).astype(np.int64),
-        10,
-    )
+    data = random_cifar10(130, 20, seed=1)
     configs = [
         TrainConfig(
             model="mlp",
