@@ -13,7 +13,14 @@ import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-from .config import OPTIMIZER_NAMES, ConfigError, EpochMetrics, OptimizerConfig, TrainConfig
+from .config import (
+    LATENT_LR_SCALINGS,
+    OPTIMIZER_NAMES,
+    ConfigError,
+    EpochMetrics,
+    OptimizerConfig,
+    TrainConfig,
+)
 from .data import DATASET_NAMES
 from .models import MODEL_NAMES
 from .train import TrainingDiverged, train
@@ -41,6 +48,8 @@ OPTIMIZER_OPTIONS = (
     "momentum",
     "weight_decay",
     "latent_init_scale",
+    "latent_weight_clip",
+    "latent_lr_scaling",
     "real_lr",
 )
 
@@ -67,6 +76,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--momentum", type=float, help="latent SGD momentum")
     p.add_argument("--weight-decay", type=float, help="latent weight decay")
     p.add_argument("--latent-init-scale", type=float, help="U(-s, s) latent init")
+    p.add_argument(
+        "--latent-weight-clip",
+        type=float,
+        metavar="FLOAT",
+        help="clamp latent weights to [-clip, clip] after each update (default: no clipping)",
+    )
+    p.add_argument(
+        "--latent-lr-scaling",
+        choices=LATENT_LR_SCALINGS,
+        help="per-layer latent lr multiplier: none (default) or xavier (BinaryConnect)",
+    )
     p.add_argument("--real-lr", type=float, help="Adam lr of the real parameters")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")

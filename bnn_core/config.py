@@ -20,10 +20,12 @@ __all__ = [
     "TrainResult",
     "OPTIMIZER_NAMES",
     "SCHEDULE_KINDS",
+    "LATENT_LR_SCALINGS",
 ]
 
 OPTIMIZER_NAMES = ("bop", "bop2", "filter", "latent-adam", "latent-sgd")
 SCHEDULE_KINDS = ("constant", "staircase", "linear", "cosine", "linear-epoch")
+LATENT_LR_SCALINGS = ("none", "xavier")
 
 
 class ConfigError(ValueError):
@@ -83,12 +85,25 @@ class OptimizerConfig:
     "unbiased" variant);
     ``filter``: alpha, gamma (the cascaded EMA of Quist et al.);
     ``latent-adam`` / ``latent-sgd``: lr, momentum (sgd), weight_decay, decoupled_weight_decay,
-    latent_init_scale, latent_weight_clip.
+    latent_init_scale, latent_weight_clip, latent_lr_scaling.
 
     ``latent_weight_clip`` (default None: no clipping, the ICLR/ReActNet-style baseline) clamps
     every latent binary weight to [-clip, clip] after each update, the BinaryNet (Courbariaux)
     ``weight_clip`` constraint of the Bop paper's Adam baseline (clip 1; science.md 4 item 4).
     It is a ConfigError for bop/bop2/filter, whose weights are exactly +-1.
+
+    ``latent_lr_scaling`` ("none", the default, or "xavier") is BinaryConnect's (Courbariaux)
+    Xavier learning-rate scaling, used by the Bop paper's 90.9 % Adam baseline: every binary
+    layer gets its own learning rate ``lr * m`` (and a scheduled lr becomes
+    ``schedule(lr) * m``), with the larq ``XavierLearningRateScaling.get_lr_multiplier``
+    multiplier
+
+    * conv, kernel area ``k = kh * kw``: ``m = 1 / sqrt(1.5 / (k * (n_in + n_out)))``;
+    * dense: ``m = 1 / sqrt(1.5 / (n_in + n_out))``,
+
+    where ``n_in``/``n_out`` are the input/output channels (features) of the layer
+    (``bnn_core.optim.xavier_lr_multiplier``). Like ``latent_weight_clip`` it is a ConfigError
+    for bop/bop2/filter unless "none".
     """
 
     name: str = "bop"
@@ -103,6 +118,7 @@ class OptimizerConfig:
     bias_correction: bool = False
     latent_init_scale: float | None = None
     latent_weight_clip: float | None = None
+    latent_lr_scaling: Literal["none", "xavier"] = "none"
     gamma_schedule: Schedule = field(default_factory=Schedule)
     threshold_schedule: Schedule = field(default_factory=Schedule)
     # Bop2ndOrder's CIFAR recipe raises sigma linearly from 1e-7 to 1e-2 (science.md D).
@@ -139,6 +155,7 @@ class OptimizerConfig:
         if self.latent_init_scale is not None:
             _require(self.latent_init_scale > 0, "optimizer.latent_init_scale", "must be > 0")
         self._check_latent_weight_clip()
+        self._check_latent_lr_scaling()
 
     def _check_latent_weight_clip(self) -> None:
         clip, field_name = self.latent_weight_clip, "optimizer.latent_weight_clip"
@@ -154,6 +171,19 @@ class OptimizerConfig:
             self.name.startswith("latent-"),
             field_name,
             f"only for latent-adam/latent-sgd, not {self.name!r} (its weights are +-1)",
+        )
+
+    def _check_latent_lr_scaling(self) -> None:
+        scaling, field_name = self.latent_lr_scaling, "optimizer.latent_lr_scaling"
+        _require(
+            isinstance(scaling, str) and scaling in LATENT_LR_SCALINGS,
+            field_name,
+            f"unknown {scaling!r}; one of {LATENT_LR_SCALINGS}",
+        )
+        _require(
+            scaling == "none" or self.name.startswith("latent-"),
+            field_name,
+            f"only for latent-adam/latent-sgd, not {self.name!r} (no learning rate to scale)",
         )
 
 

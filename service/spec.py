@@ -18,6 +18,12 @@ defaults. Leaving ``search_space`` out uses :data:`DEFAULT_SEARCH_SPACES` (scien
 [-clip, clip] after every update, the BinaryNet constraint of the Bop paper's Adam baseline
 (clip 1).
 
+``latent_lr_scaling`` (latent families; a string, fixed ``"xavier"`` or
+``{"choices": ["none", "xavier"]}``; not listed: ``"none"``) gives every binary layer its own
+latent learning rate ``lr * m`` with BinaryConnect's Xavier multiplier
+``m = 1 / sqrt(1.5 / (k * (n_in + n_out)))`` (``k`` the conv kernel area, 1 for dense layers),
+as the Bop paper's Adam baseline did; an lr schedule is scaled per layer the same way.
+
 The ``filter`` family needs ``alpha <= gamma``. The spec rejects it when it can never hold (both
 fixed, or the lowest possible alpha above the highest possible gamma). When the ranges overlap,
 the worker samples ``gamma`` first and then ``alpha`` from its range clipped to
@@ -65,6 +71,7 @@ from service.settings import Settings
 __all__ = [
     "OPTIMIZER_FAMILIES",
     "BOOL_PARAMS",
+    "STRING_PARAMS",
     "FAMILY_PARAMS",
     "SCHEDULE_PARAMS",
     "SCHEDULE_KINDS",
@@ -97,19 +104,30 @@ FAMILY_PARAMS: dict[str, tuple[str, ...]] = {
     "bop": ("gamma", "threshold", "real_lr", "gamma_schedule"),
     "bop2": ("gamma", "sigma", "threshold", "real_lr", "sigma_schedule", "bias_correction"),
     "filter": ("alpha", "gamma", "real_lr", "alpha_schedule"),
-    "latent-adam": ("lr", "weight_decay", "latent_init_scale", "latent_weight_clip", "real_lr"),
+    "latent-adam": (
+        "lr",
+        "weight_decay",
+        "latent_init_scale",
+        "latent_weight_clip",
+        "latent_lr_scaling",
+        "real_lr",
+    ),
     "latent-sgd": (
         "lr",
         "momentum",
         "weight_decay",
         "latent_init_scale",
         "latent_weight_clip",
+        "latent_lr_scaling",
         "real_lr",
     ),
 }
 SCHEDULE_PARAMS: frozenset[str] = frozenset({"gamma_schedule", "alpha_schedule", "sigma_schedule"})
 # Parameters that are a bool: fixed ``true``/``false`` or ``{choices: [true, false]}``.
 BOOL_PARAMS: frozenset[str] = frozenset({"bias_correction"})
+# Parameters that take one of a few strings: fixed ``"xavier"`` or ``{choices: [...]}``
+# (the values of ``bnn_core.config.LATENT_LR_SCALINGS``; tests/worker checks they agree).
+STRING_PARAMS: dict[str, tuple[str, ...]] = {"latent_lr_scaling": ("none", "xavier")}
 SCHEDULE_KINDS: tuple[str, ...] = ("constant", "staircase", "linear", "cosine", "linear-epoch")
 ZERO_CHOICE_PARAMS: frozenset[str] = frozenset({"threshold", "weight_decay"})
 PARAM_ALIASES: dict[str, str] = {"tau": "threshold"}
@@ -520,6 +538,8 @@ def _check_param(name: str, param: Any, sampler: str) -> Any:
         return _check_schedule_param(field, param)
     if name in BOOL_PARAMS:
         return _check_bool_param(field, param)
+    if name in STRING_PARAMS:
+        return _check_string_param(field, param, STRING_PARAMS[name])
     if isinstance(param, bool):
         raise _fail(field, f"must be a number, a range or choices, got {param!r}")
     if isinstance(param, ScheduleSpec):
@@ -552,6 +572,19 @@ def _check_bool_param(field: str, param: Any) -> Any:
                 raise _fail(f"{field}.choices.{i}", f"must be true or false, got {choice!r}")
         return param
     raise _fail(field, "must be true, false or {choices: [true, false]}")
+
+
+def _check_string_param(field: str, param: Any, allowed: tuple[str, ...]) -> Any:
+    one_of = ", ".join(allowed)
+    if isinstance(param, ChoiceSpec):
+        for i, choice in enumerate(param.choices):
+            if not (isinstance(choice, str) and choice in allowed):
+                raise _fail(f"{field}.choices.{i}", f"must be one of {one_of}, got {choice!r}")
+        return param
+    if isinstance(param, str) and param in allowed:
+        return param
+    got = {RangeSpec: "a range", ScheduleSpec: "a schedule"}.get(type(param), repr(param))
+    raise _fail(field, f"must be one of {one_of} or {{choices: [...]}}, got {got}")
 
 
 def _check_schedule_param(field: str, param: Any) -> Any:

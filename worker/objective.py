@@ -26,6 +26,7 @@ from bnn_core.config import OptimizerConfig, Schedule, TrainConfig
 from service.spec import (
     BOOL_PARAMS,
     SCHEDULE_PARAMS,
+    STRING_PARAMS,
     ChoiceSpec,
     RangeSpec,
     ScheduleSpec,
@@ -121,13 +122,17 @@ def _schedule(value: Any) -> Schedule:
 
 
 def build_optimizer_config(family: str, values: dict[str, Any]) -> OptimizerConfig:
-    """``OptimizerConfig(name=family, **values)``; unlisted fields keep their defaults."""
+    """``OptimizerConfig(name=family, **values)``; unlisted fields keep their defaults.
+    Schedules become ``Schedule``, bools ``bool``, string parameters (``latent_lr_scaling``)
+    ``str``, everything else ``float``."""
     kwargs: dict[str, Any] = {}
     for name, value in values.items():
         if name in SCHEDULE_PARAMS:
             kwargs[name] = _schedule(value)
         elif name in BOOL_PARAMS:
             kwargs[name] = bool(value)
+        elif name in STRING_PARAMS:
+            kwargs[name] = str(value)
         else:
             kwargs[name] = float(value)
     return OptimizerConfig(name=family, **kwargs)

@@ -3,7 +3,8 @@
 The baselines train real-valued latent weights ``theta`` whose sign is the binary weight (the
 model is switched with ``bnn_core.layers.use_latent_weights``). Plain ``torch.optim`` Adam,
 AdamW and SGD are used as they are; this module adds SGDW (decoupled weight decay, the form
-that maps exactly onto CEMA) and the hyperparameter mappings of science.md 3.3.
+that maps exactly onto CEMA), the hyperparameter mappings of science.md 3.3, and BinaryConnect's
+per-layer Xavier learning-rate multiplier (``xavier_lr_multiplier``).
 """
 
 from __future__ import annotations
@@ -13,12 +14,19 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from ._base import ParamsT
 
-__all__ = ["SGDW", "FilterParameters", "SGDParameters", "sgd_to_filter", "filter_to_sgd"]
+__all__ = [
+    "SGDW",
+    "FilterParameters",
+    "SGDParameters",
+    "sgd_to_filter",
+    "filter_to_sgd",
+    "xavier_lr_multiplier",
+]
 
 
 class FilterParameters(NamedTuple):
@@ -150,3 +158,29 @@ def filter_to_sgd(alpha: float, gamma: float, lr: float) -> SGDParameters:
     if not (math.isfinite(lr) and lr > 0):
         raise ValueError(f"Invalid lr: {lr!r} (must be > 0)")
     return SGDParameters(lr=lr, momentum=1.0 - gamma, weight_decay=alpha / lr)
+
+
+def xavier_lr_multiplier(module: nn.Module) -> float:
+    """BinaryConnect's (Courbariaux) Xavier learning-rate multiplier of one layer.
+
+    ``2 / b`` for the layer's Glorot-uniform bound ``b = sqrt(6 / (fan_in + fan_out))``, as
+    larq's ``XavierLearningRateScaling.get_lr_multiplier`` (``optimizers_v1.py``, v0.7.4):
+
+    * conv, weight ``[n_out, n_in, kh, kw]`` (kernel area ``k = kh * kw``):
+      ``1 / sqrt(1.5 / (k * (n_in + n_out)))``;
+    * dense, weight ``[n_out, n_in]``: ``1 / sqrt(1.5 / (n_in + n_out))``.
+
+    ``n_in`` is the weight's input-channel dimension (larq reads the same entries of the Keras
+    kernel ``[kh, kw, n_in, n_out]``). Raises ``ValueError`` for a module without a 2-D or 4-D
+    ``weight``.
+    """
+    weight = getattr(module, "weight", None)
+    if not isinstance(weight, Tensor) or weight.dim() not in (2, 4):
+        shape = None if not isinstance(weight, Tensor) else tuple(weight.shape)
+        raise ValueError(
+            f"xavier_lr_multiplier: needs a dense (2-D) or conv (4-D) weight, "
+            f"got {type(module).__name__} with weight shape {shape}"
+        )
+    n_out, n_in = int(weight.shape[0]), int(weight.shape[1])
+    kernel_area = math.prod(int(d) for d in weight.shape[2:])  # 1 for a dense layer
+    return 1.0 / math.sqrt(1.5 / (kernel_area * (n_in + n_out)))

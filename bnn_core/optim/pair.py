@@ -11,23 +11,34 @@ from torch import nn
 from torch.optim import Optimizer
 
 from ..config import OptimizerConfig, Schedule
-from ..layers import split_parameters, use_latent_weights
+from ..layers import binary_layers, split_parameters, use_latent_weights
 from ..schedules import schedule_value
 from .bop import Bop
 from .bop2 import Bop2ndOrder
 from .cema import CEMA
-from .latent import SGDW
+from .latent import SGDW, xavier_lr_multiplier
 
-__all__ = ["BinaryOptimizerPair", "ScheduledHyperparameter", "build_optimizer", "REAL_ADAM_EPS"]
+__all__ = [
+    "BinaryOptimizerPair",
+    "ScheduledHyperparameter",
+    "build_optimizer",
+    "REAL_ADAM_EPS",
+    "MULTIPLIER_SUFFIX",
+]
 
 # Keras' Adam epsilon: the Bop paper trains real parameters with Keras defaults (science.md 1.4).
 REAL_ADAM_EPS = 1e-7
+# A param group holding ``key + MULTIPLIER_SUFFIX`` (e.g. "lr_multiplier") gets the scheduled
+# value of ``key`` times that multiplier (per-layer Xavier learning-rate scaling).
+MULTIPLIER_SUFFIX = "_multiplier"
 
 
 @dataclass(frozen=True)
 class ScheduledHyperparameter:
     """``name`` (reported key) is written into param-group key ``key`` of optimizer ``target``
-    ('binary' or 'real') before every step, following ``schedule`` from ``base``."""
+    ('binary' or 'real') before every step, following ``schedule`` from ``base``. A param
+    group with a ``key + MULTIPLIER_SUFFIX`` entry (``lr_multiplier``) gets the scheduled value
+    times that multiplier; the reported value stays the unscaled one."""
 
     name: str
     target: str
@@ -40,7 +51,8 @@ class BinaryOptimizerPair:
     """The binary optimizer and the real-parameter Adam, stepped in the same ``step()``.
 
     ``step()`` writes every scheduled hyperparameter for the current global step into the
-    param groups (Keras semantics: the first update uses step 0), steps the binary optimizer,
+    param groups (Keras semantics: the first update uses step 0; a group's
+    ``<key>_multiplier``, if any, scales the value written), steps the binary optimizer,
     then the real one, and increments ``global_step``. Either optimizer is ``None`` when the
     model has no parameters of that kind. With ``weight_clip`` set (latent families only), every
     binary (latent) weight is clamped in place to [-weight_clip, weight_clip] right after the
@@ -81,8 +93,9 @@ class BinaryOptimizerPair:
             optimizer = getattr(self, item.target)
             if optimizer is not None:
                 value = self._value(item, self.global_step)
+                multiplier_key = item.key + MULTIPLIER_SUFFIX
                 for group in optimizer.param_groups:
-                    group[item.key] = value
+                    group[item.key] = value * group.get(multiplier_key, 1.0)
         if self.binary is not None:
             self.binary.step()
             self._clip_binary()
@@ -126,14 +139,16 @@ class BinaryOptimizerPair:
                 optimizer.load_state_dict(state_dict[name])
 
 
-BinaryBuilder = Callable[[list[nn.Parameter], OptimizerConfig], Optimizer]
+# The binary parameters: a flat list, or param groups (per-layer Xavier lr scaling).
+BinaryParams = list[nn.Parameter] | list[dict[str, Any]]
+BinaryBuilder = Callable[[BinaryParams, OptimizerConfig], Optimizer]
 
 
-def _build_bop(params: list[nn.Parameter], config: OptimizerConfig) -> Optimizer:
+def _build_bop(params: BinaryParams, config: OptimizerConfig) -> Optimizer:
     return Bop(params, gamma=config.gamma, threshold=config.threshold)
 
 
-def _build_bop2(params: list[nn.Parameter], config: OptimizerConfig) -> Optimizer:
+def _build_bop2(params: BinaryParams, config: OptimizerConfig) -> Optimizer:
     return Bop2ndOrder(
         params,
         gamma=config.gamma,
@@ -143,16 +158,16 @@ def _build_bop2(params: list[nn.Parameter], config: OptimizerConfig) -> Optimize
     )
 
 
-def _build_filter(params: list[nn.Parameter], config: OptimizerConfig) -> Optimizer:
+def _build_filter(params: BinaryParams, config: OptimizerConfig) -> Optimizer:
     return CEMA(params, alpha=config.alpha, gamma=config.gamma)
 
 
-def _build_latent_adam(params: list[nn.Parameter], config: OptimizerConfig) -> Optimizer:
+def _build_latent_adam(params: BinaryParams, config: OptimizerConfig) -> Optimizer:
     adam = torch.optim.AdamW if config.decoupled_weight_decay else torch.optim.Adam
     return adam(params, lr=config.lr, weight_decay=config.weight_decay)
 
 
-def _build_latent_sgd(params: list[nn.Parameter], config: OptimizerConfig) -> Optimizer:
+def _build_latent_sgd(params: BinaryParams, config: OptimizerConfig) -> Optimizer:
     if config.decoupled_weight_decay:
         return SGDW(
             params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
@@ -197,6 +212,18 @@ def _binary_schedules(config: OptimizerConfig) -> list[ScheduledHyperparameter]:
     return [ScheduledHyperparameter("lr", binary, "lr", config.lr, config.lr_schedule)]
 
 
+def _xavier_param_groups(model: nn.Module, config: OptimizerConfig) -> list[dict[str, Any]]:
+    """One param group per binary layer: ``lr = config.lr * xavier_lr_multiplier(layer)``,
+    the multiplier kept as ``lr_multiplier`` for the lr schedule."""
+    groups = []
+    for _, layer in binary_layers(model):
+        multiplier = xavier_lr_multiplier(layer)
+        groups.append(
+            {"params": [layer.weight], "lr": config.lr * multiplier, "lr_multiplier": multiplier}
+        )
+    return groups
+
+
 def build_optimizer(
     model: nn.Module, config: OptimizerConfig, steps_per_epoch: int, epochs: int
 ) -> BinaryOptimizerPair:
@@ -206,7 +233,10 @@ def build_optimizer(
     (``use_latent_weights(model, config.latent_init_scale)``), so call this before the first
     forward pass. Real parameters get ``Adam(real_lr, eps=1e-7)``. ``config.latent_weight_clip``
     (latent families only) becomes the pair's ``weight_clip``; the initial latent weights are
-    not clamped (larq applies the constraint after updates only).
+    not clamped (larq applies the constraint after updates only). With
+    ``config.latent_lr_scaling == "xavier"`` the latent optimizer has one param group per
+    binary layer whose lr is ``lr * xavier_lr_multiplier(layer)`` (also under an lr schedule);
+    ``hyperparameters()["lr"]`` stays the unscaled base lr.
     """
     if steps_per_epoch < 1:
         raise ValueError(f"Invalid steps_per_epoch: {steps_per_epoch!r} (must be >= 1)")
@@ -215,7 +245,10 @@ def build_optimizer(
     if config.name.startswith("latent-"):
         use_latent_weights(model, config.latent_init_scale)
     binary_params, real_params = split_parameters(model)
-    binary = _BUILDERS[config.name](binary_params, config) if binary_params else None
+    params: BinaryParams = binary_params
+    if config.name.startswith("latent-") and config.latent_lr_scaling == "xavier":
+        params = _xavier_param_groups(model, config)
+    binary = _BUILDERS[config.name](params, config) if binary_params else None
     real = (
         torch.optim.Adam(real_params, lr=config.real_lr, eps=REAL_ADAM_EPS)
         if real_params
