@@ -1,4 +1,4 @@
-"""Routes under /api/v1 (studies, trials, plots) plus /health and /ready."""
+"""Routes under /api/v1 (studies, trials, plots, workers) plus /health and /ready."""
 
 from __future__ import annotations
 
@@ -18,9 +18,10 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import Session
 
 from service import studies as ops
+from service import workers as registry
 from service.errors import InvalidSpecError, NotFoundError, ServiceError, StorageUnavailableError
 from service.migrate import check_migrated
-from service.models import STUDY_STATUSES, Study
+from service.models import ACTIVE_STATUSES, STUDY_STATUSES, Study
 from service.plots import MEDIA_TYPES, PLOT_KINDS, render_plot
 from service.schemas import (
     ErrorBody,
@@ -30,6 +31,7 @@ from service.schemas import (
     StudyPublic,
     StudySummary,
     TrialsPublic,
+    WorkersPublic,
 )
 from service.settings import Settings
 from service.spec import SPEC_EXAMPLES, StudySpec, check_limits
@@ -113,6 +115,9 @@ _errors = {
 
 api_router = APIRouter(prefix="/api/v1", dependencies=[Depends(require_api_key)])
 studies = APIRouter(prefix="/studies", tags=["studies"], responses=_errors)
+workers = APIRouter(
+    prefix="/workers", tags=["workers"], responses={code: _errors[code] for code in (401, 503)}
+)
 health_router = APIRouter(tags=["health"])
 
 
@@ -160,16 +165,26 @@ def create_study(
 @studies.get("")
 def list_studies(
     session: SessionDep,
+    settings: SettingsDep,
     skip: Annotated[int, Query(ge=0)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     status: Annotated[Literal[STUDY_STATUSES] | None, Query()] = None,  # type: ignore[valid-type]
 ) -> StudiesPublic:
     """Studies, newest first; deleted ones are hidden unless ?status=deleted."""
     rows, count = ops.list_studies(session, status=status, skip=skip, limit=limit)
-    return StudiesPublic(data=[_summary(r) for r in rows], count=count)
+    devices: list[str] = []
+    if any(r.status in ACTIVE_STATUSES for r in rows):  # one query for the whole page
+        devices = registry.live_worker_devices(session, registry.live_after_s(settings))
+    return StudiesPublic(
+        data=[
+            _summary(r, registry.reason_to_wait(r.status, registry.study_device(r), devices))
+            for r in rows
+        ],
+        count=count,
+    )
 
 
-def _summary(study: Study) -> StudySummary:
+def _summary(study: Study, waiting_reason: str | None = None) -> StudySummary:
     return StudySummary(
         id=study.id,
         name=study.name,
@@ -182,21 +197,28 @@ def _summary(study: Study) -> StudySummary:
         updated_at=study.updated_at,
         started_at=study.started_at,
         finished_at=study.finished_at,
+        waiting_reason=waiting_reason,
     )
 
 
 @studies.get("/{study_id}")
 def read_study(
-    request: Request, study_id: int, session: SessionDep, storage: StorageDep
+    request: Request,
+    study_id: int,
+    session: SessionDep,
+    storage: StorageDep,
+    settings: SettingsDep,
 ) -> StudyPublic:
-    """Status, spec, progress, budget and the best trial (Pareto front if multi-objective)."""
+    """Status, spec, progress, budget, the best trial (Pareto front if multi-objective) and,
+    for a queued or running study that no live worker can train, `waiting_reason`."""
     study = _study(session, study_id)
     spec = ops.spec_of(study)
     optuna_id = ops.optuna_study_id(session, study)
     best = ops.best_of(session, storage, optuna_id, spec.directions)
     single = not spec.is_multi_objective
+    waiting = registry.waiting_reason(session, study, registry.live_after_s(settings))
     return StudyPublic(
-        **_summary(study).model_dump(),
+        **_summary(study, waiting).model_dump(),
         optuna_study_name=study.optuna_study_name,
         spec=study.spec,
         directions=spec.directions,
@@ -266,7 +288,15 @@ def plot_study(
     return Response(content=content, media_type=MEDIA_TYPES[format])
 
 
+@workers.get("")
+def list_workers(session: SessionDep, settings: SettingsDep) -> WorkersPublic:
+    """Registered worker processes, live ones first: device, state, last seen, current study."""
+    rows = registry.list_workers(session, registry.live_after_s(settings))
+    return WorkersPublic(data=rows, count=len(rows))
+
+
 api_router.include_router(studies)
+api_router.include_router(workers)
 
 
 @health_router.get("/health")

@@ -10,7 +10,15 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
-__all__ = ["Base", "Study", "STUDY_STATUSES", "ACTIVE_STATUSES", "optuna_study_name"]
+__all__ = [
+    "Base",
+    "Study",
+    "WorkerRecord",
+    "STUDY_STATUSES",
+    "ACTIVE_STATUSES",
+    "WORKER_STATES",
+    "optuna_study_name",
+]
 
 STUDY_STATUSES: tuple[str, ...] = (
     "queued",  # created, no worker has started a trial yet
@@ -22,6 +30,11 @@ STUDY_STATUSES: tuple[str, ...] = (
     "deleted",  # soft-deleted; hidden from the list
 )
 ACTIVE_STATUSES: tuple[str, ...] = ("queued", "running")
+WORKER_STATES: tuple[str, ...] = (
+    "idle",  # polling for work
+    "training",  # running a trial (or a stacked group) of ``current_study_id``
+    "stopped",  # exited cleanly
+)
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -84,3 +97,29 @@ class Study(Base):
 
     def __repr__(self) -> str:
         return f"Study(id={self.id!r}, name={self.name!r}, status={self.status!r})"
+
+
+class WorkerRecord(Base):
+    """One worker process in the registry (``bnn_workers``), written by the worker itself.
+
+    ``last_seen`` is the database's clock (like Optuna's trial heartbeats), refreshed at least
+    every heartbeat interval; whether a worker is live is computed when read
+    (:mod:`service.workers`). ``device`` is the worker's resolved device (``cpu``, ``cuda``,
+    ``cuda:1``); ``device_name`` e.g. ``NVIDIA H200`` or ``cpu``.
+    """
+
+    __tablename__ = "bnn_workers"
+
+    worker_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    hostname: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int]
+    device: Mapped[str] = mapped_column(String(32))
+    device_name: Mapped[str] = mapped_column(String(255))
+    started_at: Mapped[datetime]
+    last_seen: Mapped[datetime]
+    current_study_id: Mapped[int | None]
+    trials_finished: Mapped[int] = mapped_column(default=0)
+    state: Mapped[str] = mapped_column(String(16), default="idle")
+
+    def __repr__(self) -> str:
+        return f"WorkerRecord(worker_id={self.worker_id!r}, state={self.state!r})"

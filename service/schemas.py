@@ -18,6 +18,8 @@ __all__ = [
     "StudiesPublic",
     "TrialPublic",
     "TrialsPublic",
+    "WorkerPublic",
+    "WorkersPublic",
     "ErrorBody",
 ]
 
@@ -78,6 +80,11 @@ class StudySummary(BaseModel):
     updated_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    waiting_reason: str | None = Field(
+        None,
+        description="Why a queued or running study gets no trials, e.g. 'no live worker can "
+        "train on cuda (live workers: 2 on cpu)'; null when a live worker can train it.",
+    )
 
 
 class StudyPublic(StudySummary):
@@ -127,6 +134,30 @@ class TrialPublic(BaseModel):
 
 class TrialsPublic(BaseModel):
     data: list[TrialPublic]
+    count: int
+
+
+class WorkerPublic(BaseModel):
+    """One registered worker process (``GET /workers``)."""
+
+    worker_id: str
+    hostname: str
+    pid: int
+    device: str = Field(description="The worker's resolved device: cpu, cuda or cuda:N.")
+    device_name: str = Field(description="e.g. 'NVIDIA H200', or 'cpu'.")
+    state: str = Field(description="idle, training or stopped.")
+    live: bool = Field(
+        description="Not stopped and seen within max(grace_period_s, 2 * heartbeat_interval_s)."
+    )
+    started_at: datetime
+    last_seen: datetime
+    seen_s_ago: float = Field(description="Seconds since last_seen (the database's clock).")
+    current_study_id: int | None
+    trials_finished: int
+
+
+class WorkersPublic(BaseModel):
+    data: list[WorkerPublic]
     count: int
 
 
