@@ -1,4 +1,5 @@
-"""Process-level control: SIGTERM/SIGINT -> a stop event, and the trial heartbeat thread.
+"""Process-level control: SIGTERM/SIGINT -> a stop event, the trial heartbeat thread and the
+:class:`Repeater` thread that keeps the worker's registry row fresh.
 
 Optuna's own heartbeat thread only runs inside ``study.optimize``; the worker drives trials with
 ask/tell, so it records heartbeats itself (same storage call, same interval).
@@ -14,7 +15,7 @@ from types import FrameType, TracebackType
 
 from optuna.storages import BaseStorage
 
-__all__ = ["Heartbeat", "install_signal_handlers"]
+__all__ = ["Heartbeat", "Repeater", "install_signal_handlers"]
 
 logger = logging.getLogger(__name__)
 
@@ -92,3 +93,42 @@ class Heartbeat:
         self._done.set()
         if self._thread is not None:
             self._thread.join()
+
+
+class Repeater:
+    """A daemon thread that calls ``fn`` once at :meth:`start`, then every ``interval`` seconds
+    and soon after each :meth:`poke`, until :meth:`stop`. ``fn`` should handle its own errors;
+    anything it lets through is logged, never raised, and the next call comes as planned."""
+
+    def __init__(self, fn: Callable[[], object], interval: float, name: str) -> None:
+        self._fn = fn
+        self._interval = interval
+        self._name = name
+        self._wake = threading.Event()
+        self._done = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+        self._thread.start()
+
+    def poke(self) -> None:
+        """Call ``fn`` again soon (pokes during a call coalesce into one more call)."""
+        self._wake.set()
+
+    def stop(self) -> None:
+        """No more calls; waits for a call in progress."""
+        self._done.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def _run(self) -> None:
+        while not self._done.is_set():
+            self._wake.clear()
+            try:
+                self._fn()
+            except Exception:  # noqa: BLE001 - the thread outlives one bad call
+                logger.exception("%s failed", self._name)
+            self._wake.wait(self._interval)

@@ -19,6 +19,12 @@ stale-trial callback or after SIGTERM) never consume budget; if ``study.ask()`` 
 retry after a claim, the claim is given back. Hence COMPLETE + PRUNED + finally-FAILED trials
 (a FAIL with no retry after it) == n_trials when the study completes.
 
+Registry: each worker keeps its row in ``bnn_workers`` (:class:`Registration`, a background
+thread) fresh every heartbeat interval, also while a long trial trains: device, state
+(``idle``/``training``), current study, trials finished; ``stopped`` on a clean exit. The API
+lists it (``GET /workers``) and tells why a study waits. Registry errors are logged, never
+raised into the loop or a trial.
+
 Database outages never crash the loop: transient errors back off (1 s doubling to
 ``reconnect_max_s``) and the engines reconnect (``pool_pre_ping``). After an outage (seen by the
 loop or a heartbeat) no trial is judged stale until the database has been back for a grace
@@ -29,6 +35,8 @@ retried (see :func:`worker.trial.retry_db`).
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 import time
 import warnings
@@ -41,6 +49,7 @@ import optuna
 from optuna.storages import RDBStorage, fail_stale_trials
 from optuna.trial import TrialState
 from sqlalchemy import Engine, select, update
+from sqlalchemy.orm import Session
 
 from service.db import (
     claim_trial_slot,
@@ -53,7 +62,8 @@ from service.models import Study, optuna_study_name
 from service.reaper import STOPPED_ERROR, CleanRetryCallback, fail_waiting_trials
 from service.spec import StudySpec
 from service.studies import final_status
-from worker.control import Heartbeat
+from service.workers import can_train, forget_old_workers, register_worker, update_worker
+from worker.control import Heartbeat, Repeater
 from worker.objective import build_pruner, build_sampler
 from worker.settings import WorkerSettings, resolve_device, use_compile
 from worker.stacked import run_stacked, stacking_slots
@@ -69,7 +79,15 @@ from worker.trial import (
     train_trial,
 )
 
-__all__ = ["Worker", "WorkerStats", "StudyHandle", "run_worker", "run_study"]
+__all__ = [
+    "Worker",
+    "WorkerStats",
+    "StudyHandle",
+    "Registration",
+    "device_name",
+    "run_worker",
+    "run_study",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -117,6 +135,91 @@ def is_retry(storage: RDBStorage, trial_id: int) -> bool:
     return "failed_trial" in storage.get_trial(trial_id).system_attrs
 
 
+def device_name(device: str) -> str:
+    """``NVIDIA H200`` for a CUDA device (the device string itself if torch cannot tell);
+    ``cpu`` otherwise."""
+    if not device.startswith("cuda"):
+        return "cpu"
+    try:
+        import torch
+
+        return str(torch.cuda.get_device_name(torch.device(device)))
+    except Exception:  # noqa: BLE001 - a name for the registry, never a reason to fail
+        return device
+
+
+class Registration:
+    """This worker's row in ``bnn_workers``: written by a :class:`~worker.control.Repeater`
+    thread at start, every heartbeat interval and after each state change, and set to
+    ``stopped`` by :meth:`stop`. A failed write is logged (once per outage) and retried at the
+    next beat; it never reaches the loop or a trial."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.worker_id = worker.settings.worker_id
+        self.status: tuple[str, int | None] = ("idle", None)  # (state, current study), atomic
+        self._registered = False
+        self._failing = False
+        self._device_name: str | None = None  # asked of torch once, by the registry thread
+        self._lock = threading.Lock()  # one write at a time (the thread, then stop())
+        interval = worker.settings.heartbeat_interval_s
+        self._thread = Repeater(self.publish, interval, f"registry-{self.worker_id}")
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def set(self, state: str, study_id: int | None) -> None:
+        """Record a state change (written soon by the thread, not by the caller)."""
+        self.status = (state, study_id)
+        self._thread.poke()
+
+    def stop(self) -> None:
+        """Stop the thread and mark the row ``stopped`` (registering it if it never was)."""
+        self._thread.stop()
+        self.status = ("stopped", None)
+        self.publish()
+
+    def publish(self) -> bool:
+        """Write the current state; False (logged) when the database did not take it."""
+        with self._lock:
+            state, study_id = self.status
+            try:
+                with session_scope(self.worker.engine) as session:
+                    self._write(session, state, study_id)
+            except Exception as exc:  # noqa: BLE001 - the registry never stops training
+                if not self._failing:
+                    logger.warning("worker registry not updated: %s", db_error_text(exc))
+                self._failing = True
+                return False
+            if self._failing:
+                logger.info("worker registry updated again")
+            self._failing = False
+            return True
+
+    def _write(self, session: Session, state: str, study_id: int | None) -> None:
+        trials = self.worker.stats.trials
+        if self._registered and update_worker(
+            session, self.worker_id, state=state, current_study_id=study_id, trials_finished=trials
+        ):
+            return
+        if not self._registered:
+            forget_old_workers(session)
+        if self._device_name is None:
+            self._device_name = device_name(self.worker.device)
+        register_worker(
+            session,
+            worker_id=self.worker_id,
+            hostname=socket.gethostname(),
+            pid=os.getpid(),
+            device=self.worker.device,
+            device_name=self._device_name,
+            state=state,
+            current_study_id=study_id,
+            trials_finished=trials,
+        )
+        self._registered = True
+
+
 class Worker:
     """One worker process' state: engines, loaded studies, the stop event."""
 
@@ -144,6 +247,7 @@ class Worker:
         self._db_down = False
         self._skip_logged: set[str] = set()
         self._db_back_at: float | None = None  # monotonic time the database came back
+        self.registration = Registration(self)
 
     def _pool(self) -> dict[str, Any]:
         if self.settings.database_url.startswith("sqlite"):
@@ -153,9 +257,19 @@ class Worker:
     # -- the loop ---------------------------------------------------------------------------
 
     def run(self) -> WorkerStats:
-        """Poll and train until stopped (SIGTERM), ``once`` finds no work, or the trial cap."""
-        delay = 1.0
+        """Poll and train until stopped (SIGTERM), ``once`` finds no work, or the trial cap;
+        registered in ``bnn_workers`` meanwhile, ``stopped`` there at the end."""
         logger.info("worker %s on %s polling %s", self.settings.worker_id, self.device, self._db)
+        self.registration.start()
+        try:
+            self._poll()
+        finally:
+            self.registration.stop()
+            self.close()
+        return self.stats
+
+    def _poll(self) -> None:
+        delay = 1.0
         while not self.stop.is_set() and not self._cap_reached():
             try:
                 worked = self.step()
@@ -179,8 +293,6 @@ class Worker:
                 if self.settings.once:
                     break
                 self.stop.wait(self.settings.poll_interval_s)
-        self.close()
-        return self.stats
 
     @property
     def _db(self) -> str:
@@ -211,10 +323,14 @@ class Worker:
                 self.maybe_complete(handle, row)
                 continue
             device = self.trial_device(handle.spec)
-            if stacking_slots(handle.spec, device, self.settings.stack_on_cpu) > 1:
-                run_stacked(self, handle, trial)
-            else:
-                self.run_claimed_trial(handle, trial)
+            self.registration.set("training", handle.id)
+            try:
+                if stacking_slots(handle.spec, device, self.settings.stack_on_cpu) > 1:
+                    run_stacked(self, handle, trial)
+                else:
+                    self.run_claimed_trial(handle, trial)
+            finally:
+                self.registration.set("idle", None)
             return True
         return False
 
@@ -491,11 +607,10 @@ class Worker:
         return ("deleted", None) if row is None else (row[0], _utc(row[1]))
 
     def can_serve(self, spec: StudySpec) -> bool:
-        """A study that asks for ``cuda``/``cuda:N``/``mps`` is left to workers with that kind
-        of device (a CPU worker would train it on the CPU, silently and slowly); ``auto`` and
-        ``cpu`` studies run anywhere. Which GPU is the worker's choice (CUDA_VISIBLE_DEVICES)."""
-        wanted = spec.device.split(":")[0]
-        if wanted in ("auto", "cpu") or self.device.split(":")[0] == wanted:
+        """Whether this worker takes the study: :func:`service.workers.can_train` (a CPU
+        worker leaves ``cuda`` studies to GPU workers; the API's ``waiting_reason`` uses the
+        same rule)."""
+        if can_train(self.device, spec.device):
             return True
         if spec.name not in self._skip_logged:
             logger.info("study %s wants %s, not %s", spec.name, spec.device, self.device)
