@@ -74,7 +74,13 @@ def test_service_never_imports_torch() -> None:
 
 @pytest.mark.parametrize(
     "argv",
-    [["--help"], ["serve", "--help"], ["submit", "--help"], ["status", "--help"]],
+    [
+        ["--help"],
+        ["serve", "--help"],
+        ["submit", "--help"],
+        ["status", "--help"],
+        ["workers", "--help"],
+    ],
     ids=lambda a: " ".join(a),
 )
 def test_cli_runs_without_torch(argv: list[str]) -> None:

@@ -16,7 +16,17 @@ from worker.cli import build_parser, comparison_table, main, study_summary
 
 ROOT = Path(__file__).resolve().parent.parent
 BNN_TUNE = str(Path(sys.executable).parent / "bnn-tune")
-SUBCOMMANDS = ["demo", "serve", "worker", "submit", "status", "plot", "dashboard", "migrate"]
+SUBCOMMANDS = [
+    "demo",
+    "serve",
+    "worker",
+    "submit",
+    "status",
+    "workers",
+    "plot",
+    "dashboard",
+    "migrate",
+]
 
 
 def _run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -179,6 +189,61 @@ def test_submit_then_status(
     # The same name again: a conflict, one line.
     assert main(["submit", str(_spec(tmp_path)), "--api-url", api_url]) == 2
     assert "HTTP 409" in capsys.readouterr().err
+
+
+def _register_cpu_worker(url: str) -> None:
+    from service.db import make_engine, session_scope
+    from service.workers import register_worker
+
+    engine = make_engine(url)
+    with session_scope(engine) as session:
+        register_worker(
+            session,
+            worker_id="cpu-box-1",
+            hostname="cpu-box",
+            pid=7,
+            device="cpu",
+            device_name="cpu",
+        )
+    engine.dispose()
+
+
+def test_status_says_why_a_cuda_study_waits_and_workers_lists_them(
+    api_url: str, fresh_sqlite_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["workers", "--api-url", api_url]) == 0
+    assert "no workers registered" in capsys.readouterr().out
+    assert main(["submit", str(_spec(tmp_path, device="cuda")), "--api-url", api_url]) == 0
+    study_id = capsys.readouterr().out.strip()
+    assert main(["status", study_id, "--api-url", api_url]) == 0
+    assert "waiting no live worker\n" in capsys.readouterr().out + "\n"
+    _register_cpu_worker(fresh_sqlite_url)  # the same database as the server's
+    assert main(["status", study_id, "--api-url", api_url]) == 0
+    out = capsys.readouterr().out
+    assert "waiting no live worker can train on cuda (live workers: 1 on cpu)" in out
+    assert main(["workers", "--api-url", api_url]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == [
+        "worker",
+        "device",
+        "device_name",
+        "state",
+        "live",
+        "last_seen",
+        "study",
+        "trials",
+    ]
+    assert lines[2].split()[:5] == ["cpu-box-1", "cpu", "cpu", "idle", "yes"]
+    assert lines[-1] == "1 live of 1 registered"
+    assert main(["workers", "--json", "--api-url", api_url]) == 0
+    assert '"worker_id": "cpu-box-1"' in capsys.readouterr().out
+
+
+def test_workers_with_unreachable_api_is_one_line_exit_2() -> None:
+    result = _run("workers", "--api-url", "http://127.0.0.1:9")
+    assert result.returncode == 2
+    assert result.stderr.startswith("bnn-tune workers: error: cannot reach the API")
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
 
 
 def test_server_side_422_is_field_reason(

@@ -1,13 +1,14 @@
 """``bnn-tune``: the command line of BNN-Tune.
 
 One entry point for every role: ``serve`` (REST API), ``worker`` (training loop), ``submit`` /
-``status`` / ``plot`` (REST client), ``dashboard`` (optuna-dashboard on the same database),
-``migrate``, ``train`` (one run, no tuning) and ``demo`` (everything end to end on SQLite + CPU).
+``status`` / ``workers`` / ``plot`` (REST client), ``dashboard`` (optuna-dashboard on the same
+database), ``migrate``, ``train`` (one run, no tuning) and ``demo`` (everything end to end on
+SQLite + CPU).
 
 torch is imported lazily (only by ``worker``, ``train`` and the worker process of ``demo``), so
-``serve``, ``submit``, ``status``, ``plot``, ``migrate`` and ``dashboard`` work in the API image,
-which has no torch. Bad input ends with a one-line ``bnn-tune <cmd>: error: ...`` and exit
-status 2, never a traceback.
+``serve``, ``submit``, ``status``, ``workers``, ``plot``, ``migrate`` and ``dashboard`` work in
+the API image, which has no torch. Bad input ends with a one-line ``bnn-tune <cmd>: error: ...``
+and exit status 2, never a traceback.
 
 The modules: :mod:`~worker.cli.parser` (the arguments), :mod:`~worker.cli.commands` (one
 ``cmd_*`` per subcommand), :mod:`~worker.cli.demo`, :mod:`~worker.cli.api_client` (HTTP),

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from worker.cli.api_client import Api, api_from_args, fetch_study
 from worker.cli.errors import CliError
-from worker.cli.tables import is_terminal, study_summary
+from worker.cli.tables import is_terminal, study_summary, workers_table
 
 if TYPE_CHECKING:
     from service.spec import StudySpec
@@ -32,6 +32,7 @@ __all__ = [
     "cmd_submit",
     "cmd_train",
     "cmd_worker",
+    "cmd_workers",
     "load_spec_file",
     "submit_spec",
 ]
@@ -123,6 +124,18 @@ def cmd_status(args: argparse.Namespace) -> int:
         time.sleep(args.interval)
         if not sys.stdout.isatty():
             print()
+
+
+def cmd_workers(args: argparse.Namespace) -> int:
+    body = api_from_args(args).request("GET", "/workers")
+    if args.json:
+        print(json.dumps(body, indent=2, default=str))
+        return 0
+    workers = body.get("data") if isinstance(body, dict) else None
+    if not isinstance(workers, list):
+        raise CliError(f"unexpected answer from GET /workers: {str(body)[:200]}")
+    print(workers_table(workers))
+    return 0
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:

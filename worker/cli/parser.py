@@ -17,6 +17,7 @@ from worker.cli.commands import (
     cmd_submit,
     cmd_train,
     cmd_worker,
+    cmd_workers,
 )
 from worker.cli.demo import cmd_demo
 from worker.process import add_worker_arguments, positive_int
@@ -39,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_worker,
         _add_submit,
         _add_status,
+        _add_workers,
         _add_plot,
         _add_dashboard,
         _add_migrate,
@@ -150,6 +152,19 @@ def _add_status(sub: Any) -> None:
     p.add_argument("--watch", action="store_true", help="refresh until the study ends")
     p.add_argument("--interval", type=float, default=2.0, help="--watch refresh seconds")
     _add_top_option(p)
+    p.add_argument("--json", action="store_true", help="print the raw JSON instead")
+    _add_api_options(p)
+
+
+def _add_workers(sub: Any) -> None:
+    p = _command(
+        sub,
+        "workers",
+        cmd_workers,
+        "list the registered workers: device, state, live, last seen, current study",
+        "List the worker processes registered in the database (live ones first): device, "
+        "state, whether each is live, when it was last seen and the study it trains.",
+    )
     p.add_argument("--json", action="store_true", help="print the raw JSON instead")
     _add_api_options(p)
 

@@ -23,6 +23,7 @@ __all__ = [
     "study_summary",
     "trial_seconds",
     "trial_value",
+    "workers_table",
 ]
 
 TERMINAL_STATES = ("completed", "failed", "stopped", "cancelled", "deleted")
@@ -158,6 +159,8 @@ def study_summary(study: dict[str, Any], trials: list[dict[str, Any]], top: int 
     ]
     if study.get("error"):  # e.g. a failed study: "all 8 trials failed; first error: ..."
         lines.append(f"error   {study['error']}")
+    if study.get("waiting_reason"):  # e.g. "no live worker can train on cuda (...)"
+        lines.append(f"waiting {study['waiting_reason']}")
     best = best_trials(trials, top)
     if best:
         lines.append(
@@ -167,3 +170,38 @@ def study_summary(study: dict[str, Any], trials: list[dict[str, Any]], top: int 
         lines += [f"        {k} = {fmt(v)}" for k, v in shown.items()]
         lines += ["", comparison_table(trials, top)]
     return "\n".join(lines)
+
+
+def _ago(seconds: Any) -> str:
+    if not isinstance(seconds, int | float):
+        return "-"
+    if seconds < 120:
+        return f"{seconds:.0f}s ago"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m ago"
+    if seconds < 172800:
+        return f"{seconds / 3600:.0f}h ago"
+    return f"{seconds / 86400:.0f}d ago"
+
+
+def workers_table(workers: list[dict[str, Any]]) -> str:
+    """The text ``bnn-tune workers`` prints: one row per registered worker (live ones first,
+    as the API orders them)."""
+    if not workers:
+        return "(no workers registered; start one with `bnn-tune worker`)"
+    header = ["worker", "device", "device_name", "state", "live", "last_seen", "study", "trials"]
+    rows = [
+        [
+            str(w.get("worker_id", "?")),
+            str(w.get("device", "?")),
+            str(w.get("device_name", "?")),
+            str(w.get("state", "?")),
+            "yes" if w.get("live") else "no",
+            _ago(w.get("seen_s_ago")),
+            fmt(w.get("current_study_id")),
+            fmt(w.get("trials_finished")),
+        ]
+        for w in workers
+    ]
+    live = sum(1 for w in workers if w.get("live"))
+    return f"{format_table(rows, header)}\n\n{live} live of {len(workers)} registered"
