@@ -18,9 +18,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..devices import autocast, resolve_device
+from ..layers import use_latent_weights
 from ..models import build_model
 from .network import stack_models
-from .optim import _STATE_NAMES, StackedOptimizer
+from .optim import _STATE_NAMES, LATENT_FAMILIES, StackedOptimizer
 
 __all__ = ["choose_slots", "estimate_slot_bytes", "measure_slot_bytes"]
 
@@ -36,7 +37,12 @@ def estimate_slot_bytes(
     family: str = "bop",
     model_options: dict[str, Any] | None = None,
 ) -> int:
-    """Analytical bytes per slot: weights + grads + optimizer state (fp32) + activations."""
+    """Analytical bytes per slot: weights + grads + optimizer state (fp32) + activations.
+
+    Optimizer state tensors per weight (``_STATE_NAMES``): bop 1, bop2 2, filter 2,
+    latent-adam 2 (Adam moments), latent-sgd 1 (momentum buffer); every parameter is counted
+    at its family's rate (the few real parameters carry Adam's 2).
+    """
     model = build_model(model_name, input_shape, num_classes, **dict(model_options or {}))
     params = sum(p.numel() for p in model.parameters())
     states = len(_STATE_NAMES.get(family, ("m",)))
@@ -77,6 +83,9 @@ def measure_slot_bytes(
             build_model(model_name, input_shape, num_classes, **dict(model_options or {}))
             for _ in range(n)
         ]
+        if family in LATENT_FAMILIES:  # ste_sign of the latent weight in the forward pass
+            for model in models:
+                use_latent_weights(model)
         network = stack_models(models).to(device)
         optimizer = StackedOptimizer(network, family)
         x = torch.randn(batch_size, n, *input_shape, device=device)

@@ -46,18 +46,11 @@ from ..augment import AUGMENT_PAD, crop_flip, epoch_draws, normalize
 from ..config import ConfigError, EpochMetrics, TrainConfig, TrainResult
 from ..data import Dataset, load_dataset, split_indices
 from ..devices import autocast, resolve_device, synchronize
-from ..layers import binary_layers
+from ..layers import binary_layers, use_latent_weights
 from ..models import build_model
 from ..schedules import schedule_value
 from .network import CONV_IMPLS, stack_models, trial_view, verify_stacking
-from .optim import (
-    BINARY_FAMILIES,
-    HYPERPARAMETER_NAMES,
-    OPTIMIZER_ROWS,
-    ROW_BC2_SQRT,
-    ROW_STEP_SIZE,
-    StackedOptimizer,
-)
+from .optim import LATENT_FAMILIES, STACKABLE_FAMILIES, StackedOptimizer
 from .tuning import choose_conv_impl
 
 __all__ = [
@@ -92,15 +85,11 @@ SHARED_FIELDS = (
 )
 EVAL_BATCH_SIZE = 1000  # per trial, capped so that one chunk holds <= EVAL_IMAGES images
 EVAL_IMAGES = 2048
-ADAM_BETAS = (0.9, 0.999)
-ADAM_EPS = 1e-7
-_HYPER_INDEX = {name: i for i, name in enumerate(HYPERPARAMETER_NAMES)}
-# Rows of the per-step table: the optimizer's buffer rows (hyperparameters, Adam's step size
-# and sqrt(bc2)), then the flip-count mask.
-_ROW_STEP_SIZE = ROW_STEP_SIZE
-_ROW_BC2 = ROW_BC2_SQRT
-_ROW_COUNT = OPTIMIZER_ROWS
-_ROWS = OPTIMIZER_ROWS + 1
+ADAM_BETAS = (0.9, 0.999)  # torch.optim.Adam's defaults: the real Adam and latent-adam
+ADAM_EPS = 1e-7  # bnn_core.optim.REAL_ADAM_EPS (real parameters)
+LATENT_ADAM_EPS = 1e-8  # torch.optim.Adam's default, as build_optimizer's latent-adam uses
+# The per-step table of an epoch is [steps, optimizer.n_rows + 1, N]: the optimizer's buffer
+# rows (StackedOptimizer.row_names), then the flip-count mask (row optimizer.n_rows).
 
 
 def _field(config: TrainConfig, name: str) -> Any:
@@ -111,25 +100,23 @@ def _field(config: TrainConfig, name: str) -> Any:
 
 
 def is_stackable(config: TrainConfig) -> bool:
-    """Whether ``config`` can run in a ``StackedTrainer`` (flip optimizer, known model).
-
-    Latent-weight families (``latent-adam``, ``latent-sgd``) train solo (``bnn_core.train``).
-    """
+    """Whether ``config`` can run in a ``StackedTrainer``: a known model and any optimizer
+    family of ``STACKABLE_FAMILIES`` (bop, bop2, filter, latent-adam, latent-sgd)."""
     from ..models import MODEL_NAMES
 
-    return config.optimizer.name in BINARY_FAMILIES and config.model in MODEL_NAMES
+    return config.optimizer.name in STACKABLE_FAMILIES and config.model in MODEL_NAMES
 
 
 def check_stackable(configs: Sequence[TrainConfig], fields: Iterable[str] = SHARED_FIELDS) -> None:
-    """Raise ``ConfigError(field)`` unless all configs agree on ``fields`` and use a flip
-    optimizer (the stacked optimizer supports ``bop``, ``bop2`` and ``filter``)."""
+    """Raise ``ConfigError(field)`` unless all configs agree on ``fields`` and use a family
+    the stacked optimizer supports (``STACKABLE_FAMILIES``)."""
     if not configs:
         raise ConfigError("configs", "need at least one config")
     first = configs[0]
-    if first.optimizer.name not in BINARY_FAMILIES:
+    if first.optimizer.name not in STACKABLE_FAMILIES:
         raise ConfigError(
             "optimizer.name",
-            f"{first.optimizer.name!r} cannot be stacked; one of {BINARY_FAMILIES}",
+            f"{first.optimizer.name!r} cannot be stacked; one of {STACKABLE_FAMILIES}",
         )
     for index, config in enumerate(configs[1:], start=1):
         for name in fields:
@@ -256,11 +243,32 @@ class StackedTrainer:
     def _single_model(self, config: TrainConfig) -> nn.Module:
         # Same initial weights as bnn_core.train.train (manual_seed, then build_model), but
         # without touching the caller's global RNG.
+        if config.optimizer.name in LATENT_FAMILIES:
+            return self._single_latent_model(config)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
             model = build_model(
                 config.model, self.data.input_shape, self.data.num_classes, **self.model_options
             )
+        return model
+
+    def _single_latent_model(self, config: TrainConfig) -> nn.Module:
+        """As ``bnn_core.train``: manual_seed, build_model, ``.to(device)``, channels_last,
+        then ``build_optimizer``'s ``use_latent_weights(model, latent_init_scale)``, which
+        draws the latent weights from the RNG of the device they are on (the CUDA generator
+        on a GPU, seeded by the same manual_seed), so that device's RNG is forked too."""
+        device = self.device
+        forked: list[int] = []
+        if device.type == "cuda":
+            forked = [device.index if device.index is not None else torch.cuda.current_device()]
+        with torch.random.fork_rng(devices=forked):
+            torch.manual_seed(config.seed)
+            model = build_model(
+                config.model, self.data.input_shape, self.data.num_classes, **self.model_options
+            ).to(device)
+            if config.channels_last:
+                model = model.to(memory_format=torch.channels_last)
+            use_latent_weights(model, config.optimizer.latent_init_scale)
         return model
 
     def _build(self, n: int, models: list[nn.Module] | None = None) -> None:
@@ -287,7 +295,7 @@ class StackedTrainer:
         self.forward = torch.compile(network) if compile_network else network
         self._compile_pending = compile_network
         self.optimizer = StackedOptimizer(
-            network, self.family, betas=ADAM_BETAS, adam_eps=ADAM_EPS
+            network, self.family, betas=ADAM_BETAS, adam_eps=ADAM_EPS, latent_eps=LATENT_ADAM_EPS
         )
         self.layer_names = [name for name, _ in binary_layers(models[0])]
         self.train_index = torch.zeros(self.n_train, n, dtype=torch.int64, device=self.device)
@@ -367,7 +375,7 @@ class StackedTrainer:
     def _install(self, index: int, slot: _Slot) -> None:
         self.train_index[:, index] = torch.from_numpy(slot.train_index).to(self.device)
         self.val_index[:, index] = torch.from_numpy(slot.val_index).to(self.device)
-        self.optimizer.set_bias_correction(index, slot.config.optimizer.bias_correction)
+        self.optimizer.configure_trial(index, slot.config.optimizer)
         self.slots[index] = slot
 
     # ------------------------------------------------------------------ one group epoch
@@ -377,8 +385,9 @@ class StackedTrainer:
         order = np.zeros((spe * bs, n), dtype=np.int64)
         offsets = np.zeros((2, spe * bs, n), dtype=np.int64)
         flips = np.zeros((spe * bs, n), dtype=bool)
-        table = np.zeros((spe, _ROWS, n), dtype=np.float64)
-        table[:, _ROW_BC2, :] = 1.0
+        rows = self.optimizer.n_rows
+        table = np.zeros((spe, rows + 1, n), dtype=np.float64)
+        table[:, :rows, :] = self.optimizer.idle_row()[None, :, None]
         for index, slot in enumerate(self.slots):
             if slot is None:
                 order[:, index] = np.arange(spe * bs) % self.n_train
@@ -398,29 +407,22 @@ class StackedTrainer:
         )
 
     def _slot_table(self, slot: _Slot) -> np.ndarray:
+        """``[spe, n_rows + 1]``: the optimizer rows at the trial's own steps (its schedules
+        evaluated there), then the flip-count mask (the trial's first step is not counted)."""
         spe = self.steps_per_epoch
         total = spe * slot.config.epochs
         steps = slot.step + np.arange(spe)
-        rows = np.zeros((spe, _ROWS), dtype=np.float64)
-        real_lr = np.zeros(spe)
+        values: dict[str, np.ndarray] = {}
         for item in slot.scheduled:
             if item.schedule.kind == "constant":
-                values = np.full(spe, float(item.base))
+                values[item.name] = np.full(spe, float(item.base))
             else:
-                values = np.array(
+                values[item.name] = np.array(
                     [schedule_value(item.base, item.schedule, int(s), spe, total) for s in steps]
                 )
-            if item.name in _HYPER_INDEX:
-                rows[:, _HYPER_INDEX[item.name]] = values
-            if item.name == "real_lr":
-                real_lr = values
-        # torch.optim.Adam: step t = s + 1; lr / (1 - b1^t) and sqrt(1 - b2^t), in float64.
-        t = (steps + 1).astype(np.float64)
-        beta1, beta2 = ADAM_BETAS
-        rows[:, _ROW_STEP_SIZE] = real_lr / (1.0 - beta1**t)
-        rows[:, _ROW_BC2] = np.sqrt(1.0 - beta2**t)
-        rows[:, _ROW_COUNT] = (steps > 0).astype(np.float64)
-        return rows
+        optimizer_rows = self.optimizer.trial_rows(slot.config.optimizer, values, steps)
+        count = (steps > 0).astype(np.float64)[:, None]
+        return np.concatenate([optimizer_rows, count], axis=1)
 
     def _batch(
         self, order: Tensor, offsets: Tensor, flips: Tensor, i: int
@@ -446,8 +448,9 @@ class StackedTrainer:
         per_trial = F.cross_entropy(logits.float().permute(0, 2, 1), y, reduction="none").mean(0)
         self.optimizer.zero_grad()
         per_trial.sum().backward()
-        self.optimizer.set_buffer(row[:OPTIMIZER_ROWS])
-        self.optimizer.step(count_mask=row[_ROW_COUNT])
+        rows = self.optimizer.n_rows
+        self.optimizer.set_buffer(row[:rows])
+        self.optimizer.step(count_mask=row[rows])
         correct = (logits.detach().argmax(-1) == y).sum(0)
         return per_trial.detach(), correct
 
@@ -513,7 +516,7 @@ class StackedTrainer:
         table: Tensor,
     ) -> None:
         spe = self.steps_per_epoch
-        counted = table[:, _ROW_COUNT].sum(0)  # [N] steps whose flips were counted
+        counted = table[:, self.optimizer.n_rows].sum(0)  # [N] steps whose flips were counted
         flips = self.optimizer.flip_counts.clone()
         self.optimizer.flip_counts.zero_()
         synchronize(self.device)
