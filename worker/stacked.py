@@ -1,14 +1,15 @@
 """Several trials of one study at once on one device through ``bnn_core.stacked``.
 
-When ``spec.trials_per_gpu > 1`` and the family is a flip optimizer (bop, bop2, filter), the
-worker runs a ``StackedTrainer`` whose ``next_trial()`` claims the next Optuna trial under the
+When ``spec.trials_per_gpu > 1`` and ``bnn_core.stacked`` can stack the family (every family:
+bop, bop2, filter and the latent baselines latent-adam, latent-sgd), the worker runs a
+``StackedTrainer`` whose ``next_trial()`` claims the next Optuna trial under the
 same budget rule as a solo trial (a WAITING retry first, else an atomic budget claim + ask)
 and whose per-slot ``on_epoch_end`` is the same :class:`worker.trial.EpochRecorder` (epochs
 attr, report/prune, study stop, SIGTERM). Each trial has its own heartbeat and is told as soon
 as its slot finishes; the freed slot is refilled with the next claimed trial.
 
-Falls back to one trial at a time when ``bnn_core.stacked`` is missing, the family trains
-latent weights (latent-adam, latent-sgd), the dataset cannot be loaded, or the device is the
+Falls back to one trial at a time when ``bnn_core.stacked`` is missing, the family is not in
+``bnn_core.stacked.STACKABLE_FAMILIES``, the dataset cannot be loaded, or the device is the
 CPU (unless ``BNN_TUNE_STACK_ON_CPU=true``).
 """
 
@@ -52,10 +53,10 @@ def stacking_slots(spec: StudySpec, device: str, on_cpu: bool = False) -> int:
     if spec.trials_per_gpu <= 1 or (device == "cpu" and not on_cpu):
         return 1
     try:
-        from bnn_core.stacked import BINARY_FAMILIES
+        from bnn_core.stacked import STACKABLE_FAMILIES
     except ImportError:
         return 1
-    return spec.trials_per_gpu if spec.optimizer in BINARY_FAMILIES else 1
+    return spec.trials_per_gpu if spec.optimizer in STACKABLE_FAMILIES else 1
 
 
 @dataclass
