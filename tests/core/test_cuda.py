@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from bnn_core.config import OptimizerConfig, TrainConfig, TrainResult
-from bnn_core.data import random_cifar10
+from bnn_core.data import Dataset, random_cifar10
 from bnn_core.models import build_model
 from bnn_core.stacked import (
     StackedTrainer,
@@ -72,8 +72,7 @@ def test_stacked_trials_train_like_solo_trials_on_cuda(monkeypatch) -> None:  # 
     """On the GPU the grouped kernels sum in another order than the single ones; a BNN turns
     such differences into different signs, so the runs are compared as runs: the same losses
     within a few percent (full fp32, no TF32, so the differences start at rounding level)."""
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # matmul TF32 is off already
     configs = [
         digits_config(s, model="mlp", epochs=2, optimizer=OptimizerConfig(gamma=g))
         for s, g in [(0, 1e-3), (1, 1e-2)]
@@ -174,3 +173,44 @@ def test_compiled_training_matches_eager() -> None:
     for a, b in zip(compiled.epochs, eager.epochs, strict=True):
         assert a.train_loss == pytest.approx(b.train_loss, rel=0.05)
         assert a.val_accuracy == pytest.approx(b.val_accuracy, abs=0.05)
+
+
+@pytest.mark.parametrize("family", ["latent-adam", "latent-sgd"])
+def test_latent_trials_stack_like_solo_on_cuda(
+    family: str,
+    noisy_digits: Dataset,
+    monkeypatch,  # noqa: ANN001
+) -> None:
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # matmul TF32 is off already
+    configs = [
+        digits_config(
+            s,
+            model="mlp",
+            epochs=2,
+            optimizer=OptimizerConfig(name=family, lr=lr, weight_decay=1e-4, momentum=0.9),
+        )  # fmt: skip
+        for s, lr in [(0, 1e-3), (1, 1e-2)]
+    ]
+    stacked = train_stacked(configs, dataset=noisy_digits)
+    for config, result in zip(configs, stacked, strict=True):
+        solo = train(config, dataset=noisy_digits)
+        for a, b in zip(result.epochs, solo.epochs, strict=True):
+            assert a.train_loss == pytest.approx(b.train_loss, rel=0.05)
+            assert a.flip_ratio == pytest.approx(b.flip_ratio, rel=0.2)
+            assert a.hyperparameters == b.hyperparameters
+
+
+def test_initial_latent_weights_on_cuda_are_the_solo_ones(noisy_digits: Dataset) -> None:
+    """Latent weights are drawn after the model moves to the device (CUDA RNG): a stacked
+    trial must draw them from the same seeded stream as ``train``."""
+    config = digits_config(
+        3, model="mlp", epochs=1, optimizer=OptimizerConfig(name="latent-sgd", lr=1e-2)
+    )
+    captured: list[dict[str, torch.Tensor]] = []
+    train(config, dataset=noisy_digits, on_setup=lambda model, _: captured.append(
+        {k: v.clone() for k, v in model.state_dict().items()}))  # fmt: skip
+    trainer = StackedTrainer(1, dataset=noisy_digits)
+    trainer._setup(config)
+    state = trainer._single_model(config).state_dict()
+    for key, value in captured[0].items():
+        assert torch.equal(state[key].to(value.device), value), key

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from bnn_core.config import ConfigError, OptimizerConfig, Schedule, TrainConfig
-from bnn_core.data import Dataset, load_dataset
+from bnn_core.data import Dataset
 from bnn_core.layers import binary_layers, split_parameters
 from bnn_core.models import build_model
 from bnn_core.optim import BinaryOptimizerPair, build_optimizer, xavier_lr_multiplier
@@ -253,32 +253,14 @@ TRAIN_STACKS = {
 }
 
 
-@pytest.fixture(scope="module")
-def digits() -> Dataset:
-    """digits with a little pixel noise, so that no pixel is constant within a batch.
-
-    A pixel constant over a batch (the blank borders of plain digits) feeds a BatchNorm'd
-    unit: its weights' gradient is 0 analytically but +-1e-9 of summation noise numerically,
-    and that noise differs between a batched (stacked) and a single matmul. Adam divides it by
-    sqrt(v) + 1e-8, so those latent weights take steps of ~lr/10 with the noise's sign: a few
-    of them flip differently alone and stacked (measured on plain digits: a latent-adam
-    trial with Xavier lr and no weight decay ends epoch 2 at flip ratio 0.00607 stacked vs
-    0.00611 alone). Without constant pixels each trial flips exactly the same weights.
-    """
-    data = load_dataset("digits")
-    noise = np.random.default_rng(0).integers(0, 64, size=data.x_train.shape)
-    noisy = np.clip(data.x_train.astype(np.int64) + noise, 0, 255).astype(np.uint8)
-    return dataclasses.replace(data, x_train=noisy)
-
-
 @pytest.mark.parametrize("family", LATENT_FAMILIES)
-def test_train_stacked_matches_train_per_trial(family: str, digits: Dataset) -> None:
+def test_train_stacked_matches_train_per_trial(family: str, noisy_digits: Dataset) -> None:
     configs = [_digits(seed, family, **o) for seed, o in enumerate(TRAIN_STACKS[family])]
     options = {"hidden": 32}
     # Two slots for three trials: trial 2 runs in a refilled slot, after N shrinks to 1.
-    stacked = train_stacked(configs, n_slots=2, dataset=digits, model_options=options)
+    stacked = train_stacked(configs, n_slots=2, dataset=noisy_digits, model_options=options)
     for config, result in zip(configs, stacked, strict=True):
-        solo = train(config, dataset=digits, model_options=options)
+        solo = train(config, dataset=noisy_digits, model_options=options)
         assert len(result.epochs) == len(solo.epochs) == 2
         for a, b in zip(result.epochs, solo.epochs, strict=True):
             # Gradients differ in summation order only (~1e-9): losses to ~1e-7, the same
@@ -292,7 +274,7 @@ def test_train_stacked_matches_train_per_trial(family: str, digits: Dataset) -> 
         assert result.epochs[-1].flip_ratio > 0
 
 
-def test_initial_latent_weights_are_the_solo_ones(digits: Dataset) -> None:
+def test_initial_latent_weights_are_the_solo_ones(noisy_digits: Dataset) -> None:
     """``train`` seeds, builds the model and then draws the latent weights in build_optimizer;
     a stacked trial starts from the same latent weights (init scale per trial)."""
     for scale in (None, 0.01):
@@ -302,8 +284,8 @@ def test_initial_latent_weights_are_the_solo_ones(digits: Dataset) -> None:
         def keep(model: nn.Module, _: object, into: list = captured) -> None:
             into.append({k: v.clone() for k, v in model.state_dict().items()})
 
-        train(dataclasses.replace(config, epochs=1), dataset=digits, on_setup=keep)
-        trainer = StackedTrainer(1, dataset=digits)
+        train(dataclasses.replace(config, epochs=1), dataset=noisy_digits, on_setup=keep)
+        trainer = StackedTrainer(1, dataset=noisy_digits)
         trainer._setup(config)
         model = trainer._single_model(config)
         assert all(layer.latent for _, layer in binary_layers(model))
