@@ -46,7 +46,12 @@ from bnn_core.config import OptimizerConfig, TrainConfig  # noqa: E402
 from bnn_core.data import Dataset, random_cifar10  # noqa: E402
 from bnn_core.models import build_model  # noqa: E402
 from bnn_core.optim import build_optimizer  # noqa: E402
-from bnn_core.stacked import CONV_IMPLS, StackedTrainer, choose_slots  # noqa: E402
+from bnn_core.stacked import (  # noqa: E402
+    CONV_IMPLS,
+    STACKABLE_FAMILIES,
+    StackedTrainer,
+    choose_slots,
+)
 from bnn_core.train import train  # noqa: E402
 
 PEAK_FLOPS = 798e12  # H100 bf16, measured (performance.md 4.1)
@@ -112,7 +117,7 @@ def run_naive(args, data: Dataset, batch: int, device: torch.device) -> float:  
         pin_memory=device.type == "cuda",
         persistent_workers=args.workers > 0,
     )
-    optimizer = build_optimizer(model, OptimizerConfig(gamma=1e-3, threshold=1e-6), len(loader), 2)
+    optimizer = build_optimizer(model, optimizer_config(args.family, 1), len(loader), 2)
     times = []
     for _ in range(args.epochs):
         start = time.perf_counter()
@@ -135,6 +140,16 @@ def timed(times: list[float]) -> float:
     return min(times[1:]) if len(times) > 1 else times[0]
 
 
+def optimizer_config(family: str, seed: int) -> OptimizerConfig:
+    """One of a few typical settings of ``family`` (trials differ, as in a study)."""
+    rate = 10 ** -(2 + seed % 3)
+    if family in ("latent-adam", "latent-sgd"):
+        return OptimizerConfig(name=family, lr=rate, weight_decay=1e-5, momentum=0.9)
+    if family == "filter":
+        return OptimizerConfig(name=family, alpha=rate / 10, gamma=rate)
+    return OptimizerConfig(name=family, gamma=rate, threshold=1e-6)
+
+
 def trial_config(
     args,
     batch: int,
@@ -155,7 +170,7 @@ def trial_config(
         precision=precision,
         channels_last=cuda,
         compile=args.compile,
-        optimizer=OptimizerConfig(gamma=10 ** -(2 + seed % 3), threshold=1e-6),
+        optimizer=optimizer_config(args.family, seed),
     )
 
 
@@ -202,6 +217,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--conv-impl", default="auto", choices=("auto", *CONV_IMPLS),
         help="stacked binary convs: grouped, split, or auto (time both on CUDA)",
     )  # fmt: skip
+    parser.add_argument(
+        "--family", default="bop", choices=STACKABLE_FAMILIES, help="optimizer family (bop)"
+    )
     parser.add_argument("--skip-naive", action="store_true", help="no naive baseline rows")
     parser.add_argument("--skip-single", action="store_true", help="no single-trial rows")
     parser.add_argument(
@@ -264,7 +282,7 @@ def main(argv: list[str] | None = None) -> None:
         for n in slots:
             fits = choose_slots(
                 "binarynet", (3, 32, 32), batch, device, n, model_options=args.model_options,
-                precision="bf16" if device.type == "cuda" else "fp32",
+                family=args.family, precision="bf16" if device.type == "cuda" else "fp32",
             )  # fmt: skip
             cases.append((f"stacked N={fits}{tag}", fits, lambda b=batch, k=fits: run_stacked(
                 args, data, b, k, device)))  # fmt: skip

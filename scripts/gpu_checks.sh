@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # GPU checks in one go, for a CUDA machine (a lent GPU box, or your own): the CUDA-only tests,
-# the throughput table (benchmarks/throughput.py) and the compiled variant. Uses the machine's
+# the throughput table (benchmarks/throughput.py), the compiled variant and stacked latent-adam. Uses the machine's
 # python3 and torch as they are (nothing is installed); every log goes to $OUT.
 #
 #   OUT=gpu-out bash scripts/gpu_checks.sh            # full run, about 5-8 minutes on an H100
@@ -40,4 +40,8 @@ echo "== compiled (torch.compile) single and stacked, batch 50"
 # shellcheck disable=SC2086
 timeout "${COMPILE_TIMEOUT:-120}" "$PY" benchmarks/throughput.py $THROUGHPUT_ARGS --compile \
     --skip-naive --no-fp32-single --batch-sizes 50 --slots 16 2>&1 | tee "$OUT/compiled.txt"
+echo "== stacked latent-weight baseline (latent-adam), batch 50"
+# shellcheck disable=SC2086
+timeout "${LATENT_TIMEOUT:-90}" "$PY" benchmarks/throughput.py $THROUGHPUT_ARGS --family latent-adam \
+    --skip-naive --skip-single --batch-sizes 50 --slots 16 2>&1 | tee "$OUT/latent.txt"
 echo "== done"
