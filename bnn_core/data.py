@@ -328,16 +328,14 @@ class DeviceLoader:
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         n, bs = self.num_samples, self.batch_size
-        if not self.shuffle and not self.augment:
-            for i in range(len(self)):
-                yield self._prepare(self.x[i * bs : (i + 1) * bs]), self.y[i * bs : (i + 1) * bs]
-            return
-        # Drawn as the stacked trainer draws a slot's epoch (same calls, same sizes).
-        generator = self.generator or torch.default_generator
-        draws = epoch_draws(n, len(self) * min(bs, n), generator, self.augment)
-        order = draws.order.to(self.device) if self.shuffle else None
-        offsets = None if draws.offsets is None else draws.offsets.to(self.device)
-        flips = None if draws.flips is None else draws.flips.to(self.device)
+        order = offsets = flips = None
+        if self.shuffle or self.augment:
+            # Drawn as the stacked trainer draws a slot's epoch (same calls, same sizes).
+            generator = self.generator or torch.default_generator
+            draws = epoch_draws(n, len(self) * min(bs, n), generator, self.augment)
+            order = draws.order.to(self.device) if self.shuffle else None
+            if draws.offsets is not None and draws.flips is not None:
+                offsets, flips = draws.offsets.to(self.device), draws.flips.to(self.device)
         for i in range(len(self)):
             if order is None:
                 x, y = self.x[i * bs : (i + 1) * bs], self.y[i * bs : (i + 1) * bs]
