@@ -35,7 +35,7 @@ scaling, hence no unscale step before the threshold test.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import numpy as np
 import torch
@@ -271,20 +271,15 @@ class StackedOptimizer:
     def step(self, count_mask: Tensor | None = None) -> None:
         """Update all trials. ``count_mask`` ([N], 0/1) selects the trials whose flips
         are added to ``flip_counts`` (the trainer excludes each trial's first step)."""
-        if self.latent:
-            self._latent_step(count_mask)
-        else:
-            self._binary_step(count_mask)
+        update = self._latent_update() if self.latent else self._flip_update
+        self._each_binary_layer(update, count_mask)
         self._adam_step()
 
-    def _add_counts(self, counts: list[Tensor], count_mask: Tensor | None) -> None:
-        if counts:
-            stacked = torch.stack(counts, dim=1)  # [N, L]
-            if count_mask is not None:
-                stacked = stacked * count_mask[:, None]
-            self.flip_counts += stacked
-
-    def _binary_step(self, count_mask: Tensor | None) -> None:
+    def _each_binary_layer(
+        self, update: Callable[[int, Tensor, Tensor], Tensor], count_mask: Tensor | None
+    ) -> None:
+        """``update(index, w, g)`` on every binary layer's ``[N, ...]`` views of its weight and
+        fp32 gradient; the ``[N]`` flips it returns are added to ``flip_counts``."""
         n = self.n_trials
         counts: list[Tensor] = []
         for index, param in enumerate(self.binary):
@@ -293,12 +288,20 @@ class StackedOptimizer:
                 continue
             w = trial_view(param, n)
             g = trial_view(param.grad, n).to(torch.float32)
-            score = self._score(index, g)
-            threshold = _broadcast(self.hyper["threshold"], w)
-            flip = (w * score) > threshold
-            w.mul_(torch.where(flip, -1.0, 1.0).to(w.dtype))
-            counts.append(flip.flatten(1).sum(1, dtype=torch.float64))
-        self._add_counts(counts, count_mask)
+            counts.append(update(index, w, g))
+        if counts:
+            stacked = torch.stack(counts, dim=1)  # [N, L]
+            if count_mask is not None:
+                stacked = stacked * count_mask[:, None]
+            self.flip_counts += stacked
+
+    def _flip_update(self, index: int, w: Tensor, g: Tensor) -> Tensor:
+        """Bop / Bop2ndOrder / CEMA: flip where ``w * score > threshold``."""
+        score = self._score(index, g)
+        threshold = _broadcast(self.hyper["threshold"], w)
+        flip = (w * score) > threshold
+        w.mul_(torch.where(flip, -1.0, 1.0).to(w.dtype))
+        return flip.flatten(1).sum(1, dtype=torch.float64)
 
     def _score(self, index: int, g: Tensor) -> Tensor:
         n = self.n_trials
@@ -327,21 +330,16 @@ class StackedOptimizer:
     def _uses(self, op: str) -> bool:
         return any(ops[op] for ops in self.latent_ops)
 
-    def _latent_step(self, count_mask: Tensor | None) -> None:
-        """Adam/AdamW or SGD/SGDW on every trial's latent weights, then the clip."""
-        n = self.n_trials
+    def _latent_update(self) -> Callable[[int, Tensor, Tensor], Tensor]:
+        """Adam/AdamW or SGD/SGDW on every trial's latent weights, then the clip; a flip is a
+        change of ``w >= 0``. The ops no trial of the stack uses are left out."""
         neg_steps = -self.layer_steps  # [L, N]
         coupled, decoupled = self._uses("coupled"), self._uses("decoupled")
         clip = self._uses("clip")
         clip_max = self.hyper["clip"]
         clip_min = -clip_max
-        counts: list[Tensor] = []
-        for index, param in enumerate(self.binary):
-            if param.grad is None:
-                counts.append(self.flip_counts.new_zeros(n))
-                continue
-            w = trial_view(param, n)
-            g = trial_view(param.grad, n).to(torch.float32)
+
+        def update(index: int, w: Tensor, g: Tensor) -> Tensor:
             before = w >= 0
             if coupled:  # torch.optim.Adam / SGD: grad = grad.add(param, alpha=weight_decay)
                 g = torch.addcmul(g, w, _broadcast(self.hyper["weight_decay"], w))
@@ -354,8 +352,9 @@ class StackedOptimizer:
                 self._latent_sgd(index, w, g, neg_step, decoupled)
             if clip:  # BinaryOptimizerPair: param.clamp_(-clip, clip) after the binary step
                 w.clamp_(min=_broadcast(clip_min, w), max=_broadcast(clip_max, w))
-            counts.append((w >= 0).ne_(before).flatten(1).sum(1, dtype=torch.float64))
-        self._add_counts(counts, count_mask)
+            return (w >= 0).ne_(before).flatten(1).sum(1, dtype=torch.float64)
+
+        return update
 
     def _latent_adam(self, index: int, w: Tensor, g: Tensor, neg_step: Tensor) -> None:
         n = self.n_trials
