@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
+import torch
 
 from bnn_core.data import Dataset, load_dataset
 
@@ -26,3 +28,13 @@ def noisy_digits() -> Dataset:
     noise = np.random.default_rng(0).integers(0, 64, size=data.x_train.shape)
     noisy = np.clip(data.x_train.astype(np.int64) + noise, 0, 255).astype(np.uint8)
     return dataclasses.replace(data, x_train=noisy)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """One intra-op thread for a module's tests: on the shared 2-core machines tiny nets run
+    several times faster on one thread than on two competing with other processes."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -17,15 +17,8 @@ from bnn_core.layers import BinaryLinear, binary_layers, split_parameters, use_l
 from bnn_core.metrics import FlipCounter
 from bnn_core.train import TrainingDiverged, train
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # These nets are tiny: on the shared 2-core machines one intra-op thread is several times
-    # faster than two threads competing with other processes.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# These nets are tiny: one intra-op thread is faster (tests/core/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -9,21 +9,14 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from bnn_core.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # These nets are tiny: on the shared 2-core machines one intra-op thread is several times
-    # faster than two threads competing with other processes.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# These nets are tiny: one intra-op thread is faster (tests/core/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
