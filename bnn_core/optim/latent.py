@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from ._base import ParamsT
+from ._base import ParamsT, check_nonnegative
 
 __all__ = [
     "SGDW",
@@ -65,8 +65,7 @@ class SGDW(Optimizer):
             raise ValueError(f"Invalid lr: {lr!r} (must be > 0)")
         if not 0 <= momentum < 1:
             raise ValueError(f"Invalid momentum: {momentum!r} (must be in [0, 1))")
-        if not (math.isfinite(weight_decay) and weight_decay >= 0):
-            raise ValueError(f"Invalid weight_decay: {weight_decay!r} (must be >= 0)")
+        check_nonnegative("weight_decay", weight_decay)
         defaults = {"lr": lr, "momentum": momentum, "weight_decay": weight_decay}
         super().__init__(params, defaults)
 
