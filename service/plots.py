@@ -22,11 +22,11 @@ from matplotlib.figure import Figure  # noqa: E402
 from optuna.trial import FrozenTrial, TrialState  # noqa: E402
 
 from service.spec import ChoiceSpec, RangeSpec, StudySpec  # noqa: E402
+from service.vocabulary import PLOT_KINDS, PLOT_MEDIA_TYPES  # noqa: E402
 
 __all__ = ["PLOT_KINDS", "MEDIA_TYPES", "render_plot"]
 
-PLOT_KINDS: tuple[str, ...] = ("params", "curves", "flips")
-MEDIA_TYPES: dict[str, str] = {"png": "image/png", "svg": "image/svg+xml"}
+MEDIA_TYPES = PLOT_MEDIA_TYPES
 
 
 def render_plot(kind: str, spec: StudySpec, trials: list[FrozenTrial], fmt: str = "png") -> bytes:

@@ -45,7 +45,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import yaml
 from pydantic import (
@@ -67,6 +67,24 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from service.settings import Settings
+from service.vocabulary import (
+    DATASET_NAMES,
+    DEVICE_DESCRIPTION,
+    DEVICE_PATTERN,
+    LATENT_LR_SCALINGS,
+    MODEL_NAMES,
+    OBJECTIVE_DIRECTIONS,
+    OPTIMIZER_FAMILIES,
+    SCHEDULE_KINDS,
+    DatasetName,
+    ModelName,
+    ObjectiveName,
+    OptimizerFamily,
+    Precision,
+    PrunerName,
+    SamplerName,
+    ScheduleKind,
+)
 
 __all__ = [
     "OPTIMIZER_FAMILIES",
@@ -98,8 +116,6 @@ __all__ = [
     "stored_spec",
 ]
 
-OptimizerFamily = Literal["bop", "bop2", "filter", "latent-adam", "latent-sgd"]
-OPTIMIZER_FAMILIES: tuple[str, ...] = ("bop", "bop2", "filter", "latent-adam", "latent-sgd")
 FAMILY_PARAMS: dict[str, tuple[str, ...]] = {
     "bop": ("gamma", "threshold", "real_lr", "gamma_schedule"),
     "bop2": ("gamma", "sigma", "threshold", "real_lr", "sigma_schedule", "bias_correction"),
@@ -125,24 +141,15 @@ FAMILY_PARAMS: dict[str, tuple[str, ...]] = {
 SCHEDULE_PARAMS: frozenset[str] = frozenset({"gamma_schedule", "alpha_schedule", "sigma_schedule"})
 # Parameters that are a bool: fixed ``true``/``false`` or ``{choices: [true, false]}``.
 BOOL_PARAMS: frozenset[str] = frozenset({"bias_correction"})
-# Parameters that take one of a few strings: fixed ``"xavier"`` or ``{choices: [...]}``
-# (the values of ``bnn_core.config.LATENT_LR_SCALINGS``; tests/worker checks they agree).
-STRING_PARAMS: dict[str, tuple[str, ...]] = {"latent_lr_scaling": ("none", "xavier")}
-SCHEDULE_KINDS: tuple[str, ...] = ("constant", "staircase", "linear", "cosine", "linear-epoch")
+# Parameters that take one of a few strings: fixed ``"xavier"`` or ``{choices: [...]}``.
+STRING_PARAMS: dict[str, tuple[str, ...]] = {"latent_lr_scaling": LATENT_LR_SCALINGS}
 ZERO_CHOICE_PARAMS: frozenset[str] = frozenset({"threshold", "weight_decay"})
 PARAM_ALIASES: dict[str, str] = {"tau": "threshold"}
-MODEL_NAMES: tuple[str, ...] = ("binarynet", "resnet", "mlp", "conv-small")
-DATASET_NAMES: tuple[str, ...] = ("digits", "fashion-mnist", "mnist", "cifar10")
 # Model/dataset pairs that cannot train (every trial would fail with the same ConfigError of
 # bnn_core.models.build_model); tests/worker checks this table against bnn_core.
 INCOMPATIBLE_MODEL_DATASETS: dict[tuple[str, str], str] = {
     ("binarynet", "digits"): "binarynet downsamples too often for the 8x8 digits images; use "
     "mlp, conv-small or resnet, or a 28x28/32x32 dataset (mnist, fashion-mnist, cifar10)",
-}
-OBJECTIVE_DIRECTIONS: dict[str, str] = {
-    "val_accuracy": "maximize",
-    "flip_ratio": "minimize",
-    "time": "minimize",
 }
 
 # name -> (lowest allowed, is the lowest itself allowed, highest allowed, is the highest allowed)
@@ -237,7 +244,7 @@ class ChoiceSpec(_Strict):
 class ScheduleSpec(_Strict):
     """A fixed schedule (see ``bnn_core.config.Schedule``); a bare kind string means defaults."""
 
-    kind: Literal["constant", "staircase", "linear", "cosine", "linear-epoch"] = "constant"
+    kind: ScheduleKind = "constant"
     factor: float = Field(0.1, gt=0, le=1)
     every_epochs: int = Field(100, ge=1)
     end_value: float = Field(0.0, ge=0)
@@ -281,7 +288,7 @@ _TAGS = ("fixed", "range", "choices", "schedule")
 class SamplerSpec(_Strict):
     """Optuna sampler; ``seed`` makes sampling reproducible (per worker process)."""
 
-    name: Literal["tpe", "random", "cmaes", "grid", "qmc"] = "tpe"
+    name: SamplerName = "tpe"
     seed: int | None = None
 
 
@@ -292,7 +299,7 @@ class PrunerSpec(_Strict):
     ``hyperband``: HyperbandPruner(min_resource, max_resource=epochs, reduction_factor).
     """
 
-    name: Literal["none", "median", "hyperband"] = "none"
+    name: PrunerName = "none"
     n_startup_trials: int = Field(5, ge=0)
     n_warmup_steps: int = Field(1, ge=0)
     interval_steps: int = Field(1, ge=1)
@@ -402,8 +409,8 @@ class StudySpec(_Strict):
     search_space: dict[str, ParamSpec] | None = Field(
         None, description="Parameter -> fixed | range | choices. None: the family's default."
     )
-    model: Literal["binarynet", "resnet", "mlp", "conv-small"] = "mlp"
-    dataset: Literal["digits", "fashion-mnist", "mnist", "cifar10"] = "digits"
+    model: ModelName = "mlp"
+    dataset: DatasetName = "digits"
     data_dir: str | None = None
     download: bool = False
     max_train_samples: int | None = Field(None, ge=1, description="Cap for quick runs.")
@@ -419,7 +426,7 @@ class StudySpec(_Strict):
     )
     sampler: SamplerSpec = Field(default_factory=SamplerSpec)
     pruner: PrunerSpec = Field(default_factory=PrunerSpec)
-    objectives: list[Literal["val_accuracy", "flip_ratio", "time"]] = Field(
+    objectives: list[ObjectiveName] = Field(
         default_factory=lambda: ["val_accuracy"], min_length=1, max_length=2
     )
     trials_per_gpu: int = Field(1, ge=1, description="Trials stacked on one GPU.")
@@ -427,9 +434,9 @@ class StudySpec(_Strict):
         None, ge=0, description="Retries of a failed/stale trial (None: settings.max_retries)."
     )
     device: str = Field(
-        "auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$", description="auto, cpu, cuda or cuda:N"
+        "auto", max_length=8, pattern=DEVICE_PATTERN, description=DEVICE_DESCRIPTION
     )
-    precision: Literal["fp32", "bf16"] = "fp32"
+    precision: Precision = "fp32"
 
     @model_validator(mode="before")
     @classmethod

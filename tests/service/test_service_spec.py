@@ -247,3 +247,18 @@ def test_latent_weight_clip_is_rejected_elsewhere_and_when_not_positive(
             {"name": "bad", "optimizer": family, "search_space": {"latent_weight_clip": param}}
         )
     assert err.value.errors[0]["field"] == field
+
+
+@pytest.mark.parametrize("device", ["auto", "cpu", "cuda", "cuda:0", "cuda:7", "cuda:63"])
+def test_device_accepts_what_a_worker_can_take(device: str) -> None:
+    assert parse_spec({"name": "dev", "optimizer": "bop", "device": device}).device == device
+
+
+@pytest.mark.parametrize(
+    "device", ["mps", "mps:0", "cuda:64", "cuda:99999999999999999999", "cuda:01", "CPU", "tpu"]
+)
+def test_device_rejects_what_no_worker_can_take(device: str) -> None:
+    """``mps`` used to be accepted though no worker resolves it: the study would never run."""
+    with pytest.raises(SpecError) as info:
+        parse_spec({"name": "dev", "optimizer": "bop", "device": device})
+    assert [e["field"] for e in info.value.errors] == ["device"]
