@@ -37,6 +37,15 @@ def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-trials", type=positive_int, help="exit after this many trials")
     parser.add_argument("--once", action="store_true", help="exit when no study has work left")
     parser.add_argument("--log-level", default="INFO", help="logging level (default %(default)s)")
+    parser.add_argument(
+        "--gpus",
+        help="all or e.g. 0,1: supervise one worker process per GPU (worker.supervisor)",
+    )
+    parser.add_argument(
+        "--metrics-port",
+        type=positive_int,
+        help="serve Prometheus /metrics on this port (--gpus: port + GPU index); default off",
+    )
 
 
 def run_worker_process(args: argparse.Namespace) -> int:
@@ -47,6 +56,10 @@ def run_worker_process(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if getattr(args, "gpus", None):
+        from worker.supervisor import run_supervisor
+
+        return run_supervisor(args)
     from pydantic import ValidationError
 
     from worker.control import install_signal_handlers
@@ -69,6 +82,10 @@ def run_worker_process(args: argparse.Namespace) -> int:
 
         stop = threading.Event()
         install_signal_handlers(stop)
+        if getattr(args, "metrics_port", None):
+            from worker.metrics import start_metrics_server
+
+            start_metrics_server(args.metrics_port)
         stats = run_worker(settings, stop)
     except ValidationError as exc:
         reasons = "; ".join(
