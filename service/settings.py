@@ -7,7 +7,7 @@ from functools import lru_cache
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["Settings", "get_settings", "normalize_database_url"]
+__all__ = ["Settings", "get_settings", "normalize_database_url", "redact_url"]
 
 
 def normalize_database_url(url: str) -> str:
@@ -16,6 +16,18 @@ def normalize_database_url(url: str) -> str:
         if url.startswith(prefix):
             return "postgresql+psycopg://" + url[len(prefix) :]
     return url
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password shown as ``***`` (``postgresql+psycopg://user:***@host/db``):
+    the one form in which a database URL is printed or logged. Everything between ``user:``
+    and the last ``@`` is hidden, so an unescaped ``@`` in a password does not leak its tail."""
+    scheme, sep, rest = url.partition("://")
+    credentials, at, host = rest.rpartition("@")
+    user, colon, _ = credentials.partition(":")
+    if not sep or not at or not colon or "/" in user:  # no password, or '@' inside a path
+        return url
+    return f"{scheme}{sep}{user}:***@{host}"
 
 
 class Settings(BaseSettings):
