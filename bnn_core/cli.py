@@ -63,8 +63,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog=PROG, description="Train a binary neural network (Bop, CEMA, latent).")
     p.add_argument("--model", default="mlp", choices=MODEL_NAMES)
     p.add_argument("--dataset", default="digits", choices=DATASET_NAMES)
-    p.add_argument("--data-dir", default=None, help="directory with the dataset files")
-    p.add_argument("--download", action="store_true", help="fetch the dataset if missing")
+    p.add_argument(
+        "--data-root",
+        default=None,
+        metavar="DIR",
+        help="folder holding one sub-folder per data set (default: $BNN_TUNE_DATA_ROOT, "
+        "else ~/.cache/bnn-tune); the data set is read from DIR/<dataset>",
+    )
+    p.add_argument(
+        "--download", action="store_true", help="fetch the dataset into the data root if missing"
+    )
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=50)
     p.add_argument("--optimizer", default="bop", choices=OPTIMIZER_NAMES)
@@ -110,7 +118,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(
         model=args.model,
         dataset=args.dataset,
-        data_dir=args.data_dir,
+        data_root=args.data_root,
         download=args.download,
         epochs=args.epochs,
         batch_size=args.batch_size,

@@ -5,16 +5,22 @@ labels. ``DeviceLoader`` puts a whole split on the device once; each epoch draws
 on the device, slices batches by index, and normalises (and, for CIFAR-10, augments) on the
 device, so a training step makes no host round trip.
 
+Where a data set lives (the one rule): ``<root>/<subdir or name>``. ``root`` defaults to the
+environment variable ``BNN_TUNE_DATA_ROOT``, else ``~/.cache/bnn-tune``; without a configured
+root, Fashion-MNIST is also found in Debian's ``/usr/share/datasets/fashion-mnist``
+(``apt-get install dataset-fashion-mnist``). ``subdir`` is a single folder name, never a path.
+Downloads go into that same folder.
+
 File formats (no torchvision): MNIST / Fashion-MNIST as IDX files, gzipped or raw
 (``train-images-idx3-ubyte[.gz]`` ...); CIFAR-10 as the python pickle batches
-(``data_batch_1..5``, ``test_batch``) in ``data_dir`` or ``data_dir/cifar-10-batches-py``.
+(``data_batch_1..5``, ``test_batch``) in the folder or its ``cifar-10-batches-py``, read with
+a restricted unpickler (``bnn_core.safe_pickle``) that never executes code from the files.
 """
 
 from __future__ import annotations
 
 import gzip
 import os
-import pickle
 import shutil
 import tarfile
 import urllib.request
@@ -27,21 +33,28 @@ import torch
 from torch import Tensor
 
 from .augment import AUGMENT_PAD, crop_flip, epoch_draws, normalize
-from .config import ConfigError
+from .config import ConfigError, check_subdir
+from .safe_pickle import UnsafePickleError, dump_cifar_pickle, load_cifar_pickle
 
 __all__ = [
     "DATASET_NAMES",
     "Dataset",
     "DeviceLoader",
-    "default_data_dir",
+    "DATA_ROOT_ENV",
+    "DataLocation",
+    "dataset_location",
+    "dataset_problem",
     "load_dataset",
     "random_cifar10",
+    "write_cifar10",
     "read_idx",
     "split_indices",
 ]
 
 DATASET_NAMES = ("digits", "fashion-mnist", "mnist", "cifar10")
 
+DATA_ROOT_ENV = "BNN_TUNE_DATA_ROOT"
+DEFAULT_DATA_ROOT = "~/.cache/bnn-tune"
 FASHION_MNIST_SYSTEM_DIR = "/usr/share/datasets/fashion-mnist"
 IDX_FILES = {
     "train_images": "train-images-idx3-ubyte",
@@ -97,6 +110,25 @@ def random_cifar10(train_images: int, test_images: int = 100, seed: int = 0) -> 
     )
 
 
+def write_cifar10(data: Dataset, directory: str | os.PathLike[str], batches: int = 5) -> Path:
+    """Write ``data`` (e.g. ``random_cifar10``) in the CIFAR-10 python format into
+    ``directory/cifar-10-batches-py`` (the training images split over ``batches`` files);
+    returns that folder. The files pass the restricted unpickler, as the published ones do."""
+    folder = Path(directory) / CIFAR_SUBDIR
+    folder.mkdir(parents=True, exist_ok=True)
+    parts = np.array_split(np.arange(len(data.y_train)), batches)
+    named = [(f"data_batch_{i}", data.x_train[p], data.y_train[p]) for i, p in enumerate(parts, 1)]
+    for stem, x, y in [*named, (CIFAR_TEST, data.x_test, data.y_test)]:
+        entry = {
+            b"batch_label": stem.encode(),
+            b"labels": [int(v) for v in y],
+            b"data": np.ascontiguousarray(x.reshape(len(y), -1), dtype=np.uint8),
+            b"filenames": [f"{stem}_{i}.png".encode() for i in range(len(y))],
+        }
+        dump_cifar_pickle(entry, folder / stem)
+    return folder
+
+
 # ---------------------------------------------------------------------------------------------
 # readers
 
@@ -127,20 +159,12 @@ def _find_file(directory: Path, stem: str) -> Path | None:
     return None
 
 
-def _missing(name: str, directory: Path, what: str | None) -> ConfigError:
-    how = "pass download=True (bnn-train --download) to fetch the official files"
-    if name == "fashion-mnist":
-        how = "install it with `apt-get install -y dataset-fashion-mnist`, or " + how
-    where = f"file {what} not found in {directory}" if what else f"{directory} does not exist"
-    return ConfigError("data_dir", f"{name}: {where}; {how}")
-
-
 def _load_idx_dataset(name: str, directory: Path) -> Dataset:
     arrays = {}
     for key, stem in IDX_FILES.items():
         path = _find_file(directory, stem)
         if path is None:
-            raise _missing(name, directory, f"{stem}[.gz]")
+            raise ConfigError("data_root", f"{name}: {stem}[.gz] not found in {directory}")
         arrays[key] = read_idx(path)
     return Dataset(
         name=name,
@@ -153,23 +177,35 @@ def _load_idx_dataset(name: str, directory: Path) -> Dataset:
 
 
 def read_cifar_batch(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
-    """One CIFAR-10 python pickle batch -> (N, 3, 32, 32) uint8 images, (N,) int64 labels."""
-    with open(path, "rb") as handle:
-        entry = pickle.load(handle, encoding="bytes")
+    """One CIFAR-10 python pickle batch -> (N, 3, 32, 32) uint8 images, (N,) int64 labels.
+
+    Read with ``safe_pickle.load_cifar_pickle``: a file that names anything but numpy's array
+    reconstructors, or whose content is not a CIFAR-10 batch, raises ``UnsafePickleError``.
+    """
+    entry = load_cifar_pickle(path)
     data = entry.get(b"data", entry.get("data"))
     labels = entry.get(b"labels", entry.get("labels"))
-    images = np.asarray(data, dtype=np.uint8).reshape(-1, 3, 32, 32)
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.size % 3072:
+        raise UnsafePickleError(f"{os.fspath(path)}: 'data' is not uint8 rows of 3072 pixels")
+    if not isinstance(labels, list) or not all(type(v) is int for v in labels):
+        raise UnsafePickleError(f"{os.fspath(path)}: 'labels' is not a list of ints")
+    images = data.reshape(-1, 3, 32, 32)
+    if len(images) != len(labels):
+        raise UnsafePickleError(f"{os.fspath(path)}: {len(images)} images, {len(labels)} labels")
     return images, np.asarray(labels, dtype=np.int64)
 
 
+def _cifar_folder(directory: Path) -> Path:
+    return directory / CIFAR_SUBDIR if (directory / CIFAR_SUBDIR).is_dir() else directory
+
+
 def _load_cifar10(directory: Path) -> Dataset:
-    if (directory / CIFAR_SUBDIR).is_dir():
-        directory = directory / CIFAR_SUBDIR
-    for stem in (*CIFAR_TRAIN, CIFAR_TEST):
-        if not (directory / stem).is_file():
-            raise _missing("cifar10", directory, stem)
-    train = [read_cifar_batch(directory / stem) for stem in CIFAR_TRAIN]
-    x_test, y_test = read_cifar_batch(directory / CIFAR_TEST)
+    directory = _cifar_folder(directory)
+    try:
+        train = [read_cifar_batch(directory / stem) for stem in CIFAR_TRAIN]
+        x_test, y_test = read_cifar_batch(directory / CIFAR_TEST)
+    except UnsafePickleError as exc:
+        raise ConfigError("data_root", f"cifar10: {exc}") from None
     return Dataset(
         name="cifar10",
         x_train=np.concatenate([x for x, _ in train]),
@@ -223,41 +259,127 @@ def download_dataset(name: str, directory: Path) -> None:
             with tarfile.open(archive) as tar:
                 tar.extractall(directory, filter="data")
     except OSError as exc:
-        raise ConfigError("data_dir", f"{name}: download into {directory} failed: {exc}") from exc
+        raise ConfigError("data_root", f"{name}: download failed: {exc}") from exc
 
 
 # ---------------------------------------------------------------------------------------------
 # public loader
 
 
-def default_data_dir(name: str) -> Path:
-    """Where ``name`` is looked for when no data_dir is given.
+@dataclass(frozen=True)
+class DataLocation:
+    """The folder of one data set: ``path`` (expanded, to read) and ``shown`` (as configured,
+    for messages: ``~`` and the environment value are not expanded, so an error never shows
+    more of the machine than the user wrote)."""
 
-    Fashion-MNIST: Debian's ``/usr/share/datasets/fashion-mnist`` if present; otherwise
-    ``$BNN_DATA_DIR/<name>`` or ``~/.cache/bnn-tune/<name>``.
+    path: Path
+    shown: str
+    root_shown: str
+
+
+def _root(root: str | os.PathLike[str] | None) -> tuple[Path, str, bool]:
+    """(root folder, root as shown, whether it was configured)."""
+    if root is not None and os.fspath(root) != "":
+        return Path(root).expanduser(), os.fspath(root), True
+    env = os.environ.get(DATA_ROOT_ENV)
+    if env:
+        return Path(env).expanduser(), env, True
+    return Path(DEFAULT_DATA_ROOT).expanduser(), DEFAULT_DATA_ROOT, False
+
+
+def dataset_location(
+    name: str, root: str | os.PathLike[str] | None = None, subdir: str | None = None
+) -> DataLocation:
+    """Where ``name`` lives: ``<root>/<subdir or name>`` (see the module docstring).
+
+    Raises ``ConfigError('data_subdir')`` unless ``subdir`` is a single folder name.
     """
-    if name == "fashion-mnist" and Path(FASHION_MNIST_SYSTEM_DIR).is_dir():
-        return Path(FASHION_MNIST_SYSTEM_DIR)
-    root = os.environ.get("BNN_DATA_DIR") or Path.home() / ".cache" / "bnn-tune"
-    return Path(root) / name
+    check_subdir(subdir)
+    base, shown, configured = _root(root)
+    folder = subdir or name
+    location = DataLocation(base / folder, f"{shown.rstrip('/')}/{folder}", shown)
+    system = Path(FASHION_MNIST_SYSTEM_DIR)
+    if (
+        name == "fashion-mnist"
+        and not configured
+        and subdir is None
+        and _missing_files(name, location.path) is not None
+        and system.is_dir()
+    ):
+        return DataLocation(system, FASHION_MNIST_SYSTEM_DIR, shown)
+    return location
 
 
-def load_dataset(name: str, data_dir: str | None = None, download: bool = False) -> Dataset:
-    """Load ``name`` (one of ``DATASET_NAMES``) as uint8 NCHW arrays.
+def _missing_files(name: str, directory: Path) -> str | None:
+    """What is missing in ``directory`` for ``name`` (file-existence checks only), or None."""
+    if name == "digits":
+        return None
+    if not directory.is_dir():
+        return "the folder does not exist"
+    if name == "cifar10":
+        folder = _cifar_folder(directory)
+        missing = [stem for stem in (*CIFAR_TRAIN, CIFAR_TEST) if not (folder / stem).is_file()]
+    else:
+        missing = [f"{s}[.gz]" for s in IDX_FILES.values() if _find_file(directory, s) is None]
+    return f"missing {', '.join(missing)}" if missing else None
 
-    Raises ``ConfigError('dataset')`` for an unknown name and ``ConfigError('data_dir')`` when
-    a file is missing (the message names it and says how to get it).
+
+def dataset_problem(
+    name: str, root: str | os.PathLike[str] | None = None, subdir: str | None = None
+) -> str | None:
+    """None when ``name``'s files are in place (a cheap existence check, nothing is read),
+    else a one-line message: the folder searched, the setting that chooses it
+    (``BNN_TUNE_DATA_ROOT`` / ``--data-root``) and how to fill it."""
+    if name not in DATASET_NAMES:
+        return f"unknown dataset {name!r}; one of {list(DATASET_NAMES)}"
+    try:
+        location = dataset_location(name, root, subdir)
+    except ConfigError as exc:
+        return str(exc)
+    missing = _missing_files(name, location.path)
+    if missing is None:
+        return None
+    fill = f"`bnn-train --dataset {name} --download --data-root {location.root_shown}`"
+    if name == "fashion-mnist":
+        fill += " (or `apt-get install -y dataset-fashion-mnist`)"
+    return (
+        f"{name}: no data set in {location.shown} ({missing}); the data root is set by "
+        f"{DATA_ROOT_ENV} or --data-root (default {DEFAULT_DATA_ROOT}); fill it with {fill}"
+    )
+
+
+def load_dataset(
+    name: str,
+    root: str | os.PathLike[str] | None = None,
+    *,
+    subdir: str | None = None,
+    download: bool = False,
+) -> Dataset:
+    """Load ``name`` (one of ``DATASET_NAMES``) from ``<root>/<subdir or name>`` as uint8 NCHW
+    arrays; with ``download``, missing files are first fetched into that folder.
+
+    Raises ``ConfigError('dataset')`` for an unknown name, ``ConfigError('data_subdir')`` for
+    a ``subdir`` that is not a single folder name, and ``ConfigError('data_root')`` when files
+    are missing or unreadable (the message is ``dataset_problem``'s).
     """
     if name not in DATASET_NAMES:
         raise ConfigError("dataset", f"unknown dataset {name!r}; one of {list(DATASET_NAMES)}")
     if name == "digits":
         return _load_digits()
-    directory = Path(data_dir).expanduser() if data_dir else default_data_dir(name)
-    if download:
-        download_dataset(name, directory)
-    if not directory.is_dir():
-        raise _missing(name, directory, None)
-    return _load_cifar10(directory) if name == "cifar10" else _load_idx_dataset(name, directory)
+    location = dataset_location(name, root, subdir)
+    try:
+        if download and _missing_files(name, location.path) is not None:
+            download_dataset(name, location.path)
+        problem = dataset_problem(name, root, subdir)
+        if problem is not None:
+            raise ConfigError("data_root", problem)
+        if name == "cifar10":
+            return _load_cifar10(location.path)
+        return _load_idx_dataset(name, location.path)
+    except ConfigError as exc:
+        # Messages show the folder as configured, not its expanded absolute path.
+        reason = exc.reason.replace(str(location.path), location.shown)
+        raise ConfigError(exc.field, reason) from None
 
 
 def split_indices(

@@ -31,11 +31,15 @@ __all__ = [
     "EpochCallback",
     "BatchCallback",
     "SetupCallback",
+    "StopCheck",
+    "load_config_dataset",
+    "evaluation_split",
 ]
 
 EpochCallback = Callable[[EpochMetrics], Any]
 BatchCallback = Callable[[int, int, int], Any]  # (epoch, batch 1-based, batches per epoch)
 SetupCallback = Callable[[nn.Module, Any], Any]  # (model, BinaryOptimizerPair)
+StopCheck = Callable[[], bool]
 
 DIVERGENCE_CHECK_EVERY = 100
 EVAL_BATCH_SIZE = 1000
@@ -80,34 +84,52 @@ def _loader(
     return DeviceLoader(data_x, data_y, device=device, channels_last=config.channels_last, **kw)
 
 
+def load_config_dataset(config: TrainConfig) -> Dataset:
+    """The data set of ``config`` from ``<data_root>/<data_subdir or dataset>``."""
+    return load_dataset(
+        config.dataset, config.data_root, subdir=config.data_subdir, download=config.download
+    )
+
+
+def evaluation_split(
+    data: Dataset, config: TrainConfig
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(train images, train labels, "val" images, "val" labels) for ``config.eval_protocol``.
+
+    ``holdout``: a seeded ``val_fraction`` of the training set is held out. ``test``
+    (reproduction mode): all training images (capped by ``max_train_samples``, in a seeded
+    order) are trained on, and the "val" split is the test set.
+    """
+    if config.eval_protocol == "test":
+        order = np.random.default_rng(config.seed).permutation(len(data.y_train))
+        keep = np.sort(order[: config.max_train_samples])
+        return data.x_train[keep], data.y_train[keep], data.x_test, data.y_test
+    train_idx, val_idx = split_indices(
+        len(data.y_train), config.val_fraction, config.seed, config.max_train_samples
+    )
+    x, y = data.x_train, data.y_train
+    return x[train_idx], y[train_idx], x[val_idx], y[val_idx]
+
+
 def _setup(config: TrainConfig, dataset: Dataset | None, model_options: dict[str, Any]) -> _Run:
     from .optim import build_optimizer  # imported here: bnn_core.optim imports schedules
 
     _check_names(config)
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
-    data = (
-        dataset
-        if dataset is not None
-        else load_dataset(config.dataset, config.data_dir, config.download)
-    )
-    train_idx, val_idx = split_indices(
-        len(data.y_train), config.val_fraction, config.seed, config.max_train_samples
-    )
+    data = dataset if dataset is not None else load_config_dataset(config)
+    train_x, train_y, val_x, val_y = evaluation_split(data, config)
     # A host generator: the loader draws each epoch's order and augmentation on the host
     # (one copy per epoch), exactly as a stacked trial does, so solo == stacked on any device.
     generator = torch.Generator().manual_seed(config.seed)
     augment = data.augment_by_default if config.augment is None else config.augment
     train_loader = _loader(
-        data.x_train[train_idx], data.y_train[train_idx], config, device,
-        batch_size=config.batch_size, shuffle=True, augment=augment, drop_last=True,
-        generator=generator,
+        train_x, train_y, config, device, batch_size=config.batch_size, shuffle=True,
+        augment=augment, drop_last=True, generator=generator,
     )  # fmt: skip
-    val_loader = _loader(
-        data.x_train[val_idx], data.y_train[val_idx], config, device, batch_size=EVAL_BATCH_SIZE
-    )
+    val_loader = _loader(val_x, val_y, config, device, batch_size=EVAL_BATCH_SIZE)
     test_loader = None
-    if config.evaluate_test:
+    if config.evaluate_test and config.eval_protocol == "holdout":
         test_loader = _loader(data.x_test, data.y_test, config, device, batch_size=EVAL_BATCH_SIZE)
     model = build_model(config.model, data.input_shape, data.num_classes, **model_options)
     model = model.to(device)
@@ -145,14 +167,22 @@ def _raise_if_diverged(bad_step: Tensor, epoch: int, history: list[EpochMetrics]
         raise TrainingDiverged(epoch, step, history)
 
 
+class _StopRequested(Exception):
+    """``should_stop`` said yes in the middle of an epoch; that epoch is discarded."""
+
+
 def _train_epoch(
     run: _Run,
     config: TrainConfig,
     epoch: int,
     history: list[EpochMetrics],
     on_batch_end: BatchCallback | None,
+    should_stop: StopCheck | None,
 ) -> tuple[float, float]:
-    """One pass over the training split; returns (mean loss, accuracy)."""
+    """One pass over the training split; returns (mean loss, accuracy).
+
+    Raises ``_StopRequested`` when ``should_stop()`` (polled every ``stop_check_steps``
+    steps, a host-side call without a device sync) returns true."""
     run.model.train()
     device = run.device
     loss_sum = torch.zeros((), device=device)
@@ -180,6 +210,8 @@ def _train_epoch(
             _raise_if_diverged(bad_step, epoch, history)
         if on_batch_end is not None:
             on_batch_end(epoch, index, batches)
+        if should_stop is not None and step % config.stop_check_steps == 0 and should_stop():
+            raise _StopRequested
     _raise_if_diverged(bad_step, epoch, history)
     return loss_sum.item() / max(seen, 1), correct.item() / max(seen, 1)
 
@@ -187,6 +219,7 @@ def _train_epoch(
 def train(
     config: TrainConfig,
     on_epoch_end: EpochCallback | None = None,
+    should_stop: StopCheck | None = None,
     *,
     on_batch_end: BatchCallback | None = None,
     dataset: Dataset | None = None,
@@ -196,9 +229,14 @@ def train(
     """Train ``config.model`` on ``config.dataset`` with ``config.optimizer``.
 
     ``on_epoch_end(metrics)`` returning a truthy value stops training after that epoch
-    (``result.stopped_early = True``). ``on_batch_end(epoch, batch, batches)`` is called after
-    every step (progress bars; it must not sync). ``dataset`` reuses already loaded arrays;
-    ``model_options`` go to ``build_model`` (e.g. ``{"width": 0.25}``, ``{"hidden": 128}``).
+    (``result.stopped_early = True``). ``should_stop()`` is polled every
+    ``config.stop_check_steps`` steps and between epochs (it must be cheap, e.g. a
+    ``threading.Event``'s ``is_set``); when it returns true the run ends within those steps,
+    the unfinished epoch is dropped, the result holds the completed epochs,
+    ``stopped_early`` is True and no test evaluation is run.
+    ``on_batch_end(epoch, batch, batches)`` is called after every step (progress bars; it
+    must not sync). ``dataset`` reuses already loaded arrays; ``model_options`` go to
+    ``build_model`` (e.g. ``{"width": 0.25}``, ``{"hidden": 128}``).
     ``on_setup(model, optimizer)`` is called once before the first step (inspection, hooks).
     Raises ``ConfigError`` for bad input and ``TrainingDiverged`` on a non-finite loss.
     """
@@ -208,9 +246,18 @@ def train(
         on_setup(run.model, run.optimizer)
     history: list[EpochMetrics] = []
     stopped = False
+    interrupted = False
     for epoch in range(1, config.epochs + 1):
         epoch_start = time.perf_counter()
-        train_loss, train_acc = _train_epoch(run, config, epoch, history, on_batch_end)
+        try:
+            if should_stop is not None and should_stop():
+                raise _StopRequested
+            train_loss, train_acc = _train_epoch(
+                run, config, epoch, history, on_batch_end, should_stop
+            )
+        except _StopRequested:
+            stopped = interrupted = True
+            break
         val_loss, val_acc = evaluate(run.forward, run.model, run.val_loader, config.precision)
         flip_ratio, per_layer = run.flips.collect()
         synchronize(run.device)
@@ -230,8 +277,10 @@ def train(
             stopped = True
             break
     test_accuracy = None
-    if run.test_loader is not None:
+    if run.test_loader is not None and not interrupted:
         _, test_accuracy = evaluate(run.forward, run.model, run.test_loader, config.precision)
+    elif config.eval_protocol == "test" and history:
+        test_accuracy = history[-1].val_accuracy  # the "val" split is the test set
     return TrainResult(
         config=config,
         epochs=history,

@@ -66,8 +66,9 @@ def _fake_mnist(directory: Path, compress: bool) -> tuple[np.ndarray, np.ndarray
 
 @pytest.mark.parametrize("compress", [False, True])
 def test_mnist_from_idx_directory(tmp_path: Path, compress: bool) -> None:
-    x, y = _fake_mnist(tmp_path, compress)
-    data = load_dataset("mnist", str(tmp_path))
+    (tmp_path / "mnist").mkdir()
+    x, y = _fake_mnist(tmp_path / "mnist", compress)
+    data = load_dataset("mnist", str(tmp_path))  # <root>/mnist
     assert data.x_train.shape == (12, 1, 28, 28) and data.x_train.dtype == np.uint8
     assert data.x_test.shape == (6, 1, 28, 28)
     assert data.y_train.dtype == np.int64
@@ -78,11 +79,12 @@ def test_mnist_from_idx_directory(tmp_path: Path, compress: bool) -> None:
 
 
 def test_missing_idx_file_names_it(tmp_path: Path) -> None:
-    _fake_mnist(tmp_path, compress=True)
-    (tmp_path / "t10k-labels-idx1-ubyte.gz").unlink()
+    (tmp_path / "fashion-mnist").mkdir()
+    _fake_mnist(tmp_path / "fashion-mnist", compress=True)
+    (tmp_path / "fashion-mnist" / "t10k-labels-idx1-ubyte.gz").unlink()
     with pytest.raises(ConfigError) as info:
         load_dataset("fashion-mnist", str(tmp_path))
-    assert info.value.field == "data_dir"
+    assert info.value.field == "data_root"
     assert "t10k-labels-idx1-ubyte" in str(info.value)
     assert "apt-get install -y dataset-fashion-mnist" in str(info.value)
 
@@ -91,7 +93,7 @@ def test_missing_idx_file_names_it(tmp_path: Path) -> None:
 def test_missing_directory_is_config_error(tmp_path: Path, name: str) -> None:
     with pytest.raises(ConfigError) as info:
         load_dataset(name, str(tmp_path / "nowhere"))
-    assert info.value.field == "data_dir"
+    assert info.value.field == "data_root"
     assert "nowhere" in str(info.value) and "download" in str(info.value)
 
 
@@ -112,7 +114,7 @@ def test_fashion_mnist_system_files() -> None:
 
 
 def _write_cifar(directory: Path) -> dict[str, np.ndarray]:
-    directory.mkdir(parents=True)
+    directory.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(2)
     batches = {}
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
@@ -125,8 +127,8 @@ def _write_cifar(directory: Path) -> dict[str, np.ndarray]:
 
 
 def test_cifar_pickle_reader(tmp_path: Path) -> None:
-    batches = _write_cifar(tmp_path / "cifar-10-batches-py")
-    x, y = read_cifar_batch(tmp_path / "cifar-10-batches-py" / "test_batch")
+    batches = _write_cifar(tmp_path / "cifar10" / "cifar-10-batches-py")
+    x, y = read_cifar_batch(tmp_path / "cifar10" / "cifar-10-batches-py" / "test_batch")
     assert x.shape == (3, 3, 32, 32) and y.shape == (3,)
     # row-major 3072 = R(1024) G(1024) B(1024), each 32x32
     np.testing.assert_array_equal(x[1, 2].ravel(), batches["test_batch"][1, 2048:])
@@ -134,9 +136,9 @@ def test_cifar_pickle_reader(tmp_path: Path) -> None:
     assert data.x_train.shape == (15, 3, 32, 32) and data.x_test.shape == (3, 3, 32, 32)
     np.testing.assert_array_equal(data.x_train[3:6].reshape(3, -1), batches["data_batch_2"])
     assert data.augment_by_default
-    (tmp_path / "cifar-10-batches-py" / "data_batch_4").unlink()
+    (tmp_path / "cifar10" / "cifar-10-batches-py" / "data_batch_4").unlink()
     with pytest.raises(ConfigError, match="data_batch_4"):
-        load_dataset("cifar10", str(tmp_path / "cifar-10-batches-py"))
+        load_dataset("cifar10", str(tmp_path))
 
 
 def test_digits_is_uint8_with_stratified_test_split() -> None:
@@ -235,10 +237,10 @@ def test_download_idx_and_cifar_from_file_urls(tmp_path: Path, monkeypatch) -> N
     source.mkdir()
     x, _ = _fake_mnist(source, compress=True)
     monkeypatch.setitem(data_module.IDX_URLS, "mnist", source.as_uri() + "/")
-    target = tmp_path / "mnist"
+    target = tmp_path / "root"
     data = load_dataset("mnist", str(target), download=True)
     np.testing.assert_array_equal(data.x_train[:, 0], x)
-    assert (target / "train-images-idx3-ubyte.gz").is_file()
+    assert (target / "mnist" / "train-images-idx3-ubyte.gz").is_file()
 
     _write_cifar(tmp_path / "src" / "cifar-10-batches-py")
     archive = tmp_path / "cifar.tar.gz"

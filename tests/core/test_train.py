@@ -187,8 +187,8 @@ def test_bad_configs_name_the_field(tmp_path: Path) -> None:
         train(_config(dataset="imagenet"))
     assert info.value.field == "dataset"
     with pytest.raises(ConfigError) as info:
-        train(_config(dataset="mnist", data_dir=str(tmp_path / "missing")))
-    assert info.value.field == "data_dir"
+        train(_config(dataset="mnist", data_root=str(tmp_path / "missing")))
+    assert info.value.field == "data_root"
     with pytest.raises(ConfigError) as info:
         train(_config(device="tpu"))
     assert info.value.field == "device"

@@ -47,7 +47,7 @@ def test_one_epoch_on_digits_prints_the_table() -> None:
     ("args", "needle"),
     [
         (("--gamma", "-1"), "optimizer.gamma"),
-        (("--dataset", "mnist", "--data-dir", "/nonexistent/bnn"), "data_dir"),
+        (("--dataset", "mnist", "--data-root", "/nonexistent/bnn"), "data_root"),
         (("--model", "vgg"), "--model"),
     ],
 )
