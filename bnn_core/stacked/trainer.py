@@ -72,7 +72,8 @@ TrialEndCallback = Callable[[TrainResult, BaseException | None], Any]
 SHARED_FIELDS = (
     "model",
     "dataset",
-    "data_dir",
+    "data_root",
+    "data_subdir",
     "batch_size",
     "val_fraction",
     "max_train_samples",
@@ -225,7 +226,9 @@ class StackedTrainer:
         if self.device.type == "cuda":
             # Shapes are static (fixed N and batch): let cuDNN pick the fastest grouped kernels.
             torch.backends.cudnn.benchmark = True
-        data = self.dataset or load_dataset(config.dataset, config.data_dir, config.download)
+        data = self.dataset or load_dataset(
+            config.dataset, config.data_root, subdir=config.data_subdir, download=config.download
+        )
         self.data = data
         self.x_train = torch.from_numpy(np.ascontiguousarray(data.x_train)).to(self.device)
         self.y_train = torch.from_numpy(np.ascontiguousarray(data.y_train)).to(self.device)
