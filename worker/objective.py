@@ -148,14 +148,16 @@ def build_train_config(
     compile: bool = False,
 ) -> TrainConfig:
     """Sample the trial's parameters and build its ``TrainConfig`` (``device`` is already
-    resolved by the worker; ``data_dir``/``download`` of the spec win over the worker's).
+    resolved by the worker; ``data_dir`` is the worker's data root, the spec's ``data_dir`` a
+    folder name under it; ``download`` of the spec wins over the worker's).
     On CUDA the images are channels_last (a layout choice: same results, faster convs);
     ``compile`` is the worker's choice (``WorkerSettings.compile``)."""
     values = suggest_params(trial, spec)
     return TrainConfig(
         model=spec.model,
         dataset=spec.dataset,
-        data_dir=spec.data_dir or data_dir,
+        data_root=data_dir,
+        data_subdir=spec.data_dir,
         download=spec.download or download,
         epochs=spec.epochs,
         batch_size=spec.batch_size,
