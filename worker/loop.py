@@ -651,10 +651,11 @@ class Worker:
         from bnn_core.data import load_dataset
         from bnn_core.train import train
 
-        key = (config.dataset, config.data_dir, config.download)
+        key = (config.dataset, config.data_root, config.data_subdir, config.download)
         if self._dataset is None or self._dataset[0] != key:
             self._dataset = None  # free the previous arrays before loading the next
-            self._dataset = (key, load_dataset(*key))
+            data = load_dataset(key[0], key[1], subdir=key[2], download=key[3])
+            self._dataset = (key, data)
         return train(config, on_epoch_end, dataset=self._dataset[1])
 
     def record(self, handle: StudyHandle, trial: optuna.Trial, outcome: TrialOutcome) -> None:
