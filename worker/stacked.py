@@ -174,8 +174,9 @@ def run_stacked(worker: Worker, handle: StudyHandle, first: optuna.Trial) -> Non
     try:
         dataset = load_dataset(
             spec.dataset,
-            spec.data_dir or worker.settings.data_dir,
-            spec.download or worker.settings.download,
+            worker.settings.data_dir,
+            subdir=spec.data_dir,
+            download=spec.download or worker.settings.download,
         )
         slots = choose_slots(
             spec.model,
