@@ -1,6 +1,6 @@
 """Batched, device-side image augmentation and normalisation (no per-sample Python loop).
 
-The Bop paper's CIFAR-10 pipeline (science.md 1.5): zero-pad 4 px on the raw uint8 image,
+The Bop paper's CIFAR-10 pipeline: zero-pad 4 px on the raw uint8 image,
 random crop back to the original size, random horizontal flip, then ``x / 127.5 - 1``.
 Crop and flip are one gather: every output pixel reads ``padded[b, :, oy + i, ox + j]`` (or
 ``ox + W - 1 - j`` when the sample is flipped).
@@ -16,7 +16,7 @@ from torch import Tensor
 
 __all__ = ["EpochDraws", "epoch_draws", "normalize", "random_crop_flip", "crop_flip"]
 
-AUGMENT_PAD = 4  # the Bop recipe's zero padding (science.md 1.5)
+AUGMENT_PAD = 4  # the Bop recipe's zero padding
 
 
 def normalize(x: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:

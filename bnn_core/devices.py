@@ -40,7 +40,7 @@ def autocast(device: torch.device, precision: str) -> Iterator[None]:
     """bf16 autocast on CUDA when ``precision == 'bf16'``; fp32 (a no-op) otherwise.
 
     On the CPU bf16 is ignored: CPU autocast is slower than fp32 on the small nets used there.
-    Parameters, gradients and optimizer state stay fp32 either way (science.md 4.6).
+    Parameters, gradients and optimizer state stay fp32 either way.
     """
     if precision == "bf16" and device.type == "cuda":
         with torch.autocast(device_type="cuda", dtype=torch.bfloat16):

@@ -2,7 +2,7 @@
 
 A binary layer stores its weight as an ``nn.Parameter`` holding exactly +-1 (fp32) and uses it
 directly in the forward pass: Bop and the cascaded-EMA filter flip these values in place, so
-there is no latent weight and no sign on the weight path (science.md section 4.2).
+there is no latent weight and no sign on the weight path.
 
 For the latent-weight baselines the same layer is switched to ``latent`` mode: the parameter
 then holds real-valued latent weights and the forward pass uses ``ste_sign(weight)``.

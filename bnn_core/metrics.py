@@ -1,4 +1,4 @@
-"""Per-step flip counting on the device (larq ``FlipRatio``, science.md 5.2).
+"""Per-step flip counting on the device (larq ``FlipRatio``).
 
 A flip is a change of sign of a binary weight across one optimizer step; for latent-weight
 layers the sign of the latent weight is compared (``w >= 0`` is +1, as in ``binarize.sign``).

@@ -1,6 +1,6 @@
 """Binary network architectures.
 
-* ``binarynet``: the Bop paper's CIFAR-10 BinaryNet (Courbariaux et al. VGG-style, science.md 1.5).
+* ``binarynet``: the Bop paper's CIFAR-10 BinaryNet (Courbariaux et al. VGG-style).
 * ``resnet``: a small Bi-Real-style binary ResNet for CIFAR-sized inputs.
 * ``mlp``: a three-layer binary perceptron (digits, MNIST-sized inputs).
 * ``conv-small``: a small binary conv net for 8x8 and 28x28 inputs.
@@ -9,7 +9,7 @@ Every binary layer has +-1 weights and no bias. The BatchNorms of the sequential
 BinaryNet's Keras defaults (``eps=1e-3``, PyTorch ``momentum=0.01``) with the scale frozen at 1
 (Keras ``scale=False``), so only the shift beta is a real trainable parameter. The ``resnet``
 follows Bi-Real Net's Keras BatchNorm instead: ``momentum=0.8`` (PyTorch ``0.2``), ``eps=1e-3``
-and a trainable scale (science.md 1.5). The sequential models are a plain
+and a trainable scale. The sequential models are a plain
 ``nn.Sequential`` of BinaryConv2d/BinaryLinear/BatchNorm/MaxPool2d/Flatten/SignActivation so
 that ``bnn_core.stacked`` can fuse several copies.
 """

@@ -2,8 +2,8 @@
 
 Keras evaluates ``LearningRateSchedule`` objects at ``optimizer.iterations``, the number of
 steps already taken, and the Bop and Bop2ndOrder recipes schedule gamma and tau that way, per
-step and not per epoch (science.md 1.2, 4.5). ``step`` here is that counter: 0 for the first
-update.
+step and not per epoch. ``step`` here is that counter: 0 for the first update. The list of
+kinds and their parameters is ``bnn_core.config.Schedule``'s.
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ def schedule_value(
     * ``linear-epoch``: ``end + (base - end) * (1 - epoch / epochs)`` with
       ``epoch = step // steps_per_epoch`` and ``epochs = total_steps // steps_per_epoch``:
       piecewise constant per epoch, the alpha decay of Quist et al.'s code (``end`` = 0 there).
+    * ``polynomial``: ``end + (base - end) * (1 - min(step, total) / total) ** power`` (Keras
+      ``PolynomialDecay(power=...)``, without cycling).
     """
     _check_arguments(step, steps_per_epoch, total_steps)
     if schedule.kind == "constant":
@@ -43,6 +45,8 @@ def schedule_value(
     progress = min(step, total_steps) / total_steps
     if schedule.kind == "linear":
         return _interpolate(base, schedule.end_value, 1.0 - progress)
+    if schedule.kind == "polynomial":
+        return _interpolate(base, schedule.end_value, (1.0 - progress) ** schedule.power)
     if schedule.kind == "cosine":
         return _interpolate(base, schedule.end_value, 0.5 * (1.0 + math.cos(math.pi * progress)))
     raise ValueError(f"schedule.kind: unknown {schedule.kind!r}")

@@ -3,7 +3,7 @@
 Every one of them keeps fp32 state per binary weight, computes a per-weight *score* from
 that state, and flips ``w <- -w`` where ``w * score > threshold``. The flip is written as a
 multiplication by ``where(flip, -1, 1)``: no boolean-mask indexing and no ``.item()``, so a
-step never syncs with the host and can be captured in a CUDA graph (performance.md 2.4).
+step never syncs with the host and can be captured in a CUDA graph.
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ def check_nonnegative(name: str, value: float) -> None:
 
 
 def state_dtype(param: Tensor) -> torch.dtype:
-    """At least fp32: with gamma ~ 1e-4, (1 - gamma) rounds to 1 in bf16/fp16 (performance.md
-    3.3), so the state never decays. fp64 parameters keep fp64 state (exact reference tests)."""
+    """At least fp32: with gamma ~ 1e-4, (1 - gamma) rounds to 1 in bf16/fp16, so
+    the state never decays. fp64 parameters keep fp64 state (exact reference tests)."""
     return torch.promote_types(param.dtype, torch.float32)
 
 
@@ -118,7 +118,7 @@ class BinaryOptimizer(Optimizer):
         """Set initial state of ``param`` (e.g. CEMA's inertia ``x`` from latent weights).
 
         Missing buffers are zero. Used to start from the state that corresponds to a given
-        latent-weight initialisation (science.md 3.3).
+        latent-weight initialisation.
         """
         if not any(param is p for group in self.param_groups for p in group["params"]):
             raise ValueError("param: not a parameter of this optimizer")

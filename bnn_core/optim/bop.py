@@ -29,7 +29,7 @@ class Bop(BinaryOptimizer):
     flip (after a flip :math:`w m = -|m| < \tau`: hysteresis).
 
     With :math:`\tau = 0` Bop is latent-weight SGD with weight decay and no momentum,
-    :math:`\eta\lambda = \gamma`, with :math:`m = -\lambda\theta` (science.md 3.3a).
+    :math:`\eta\lambda = \gamma`, with :math:`m = -\lambda\theta`.
 
     Only binary weights (exactly +-1) are accepted; batch-norm and other real parameters go to
     Adam. ``gamma`` and ``threshold`` live in the param groups so that a schedule can set them

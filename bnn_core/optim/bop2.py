@@ -31,7 +31,7 @@ class Bop2ndOrder(BinaryOptimizer):
 
     The second form is the reference code's ``Bop2ndOrder_unbiased``. It divides by the
     *rates*, not by Adam's :math:`1 - \beta^t`, and equals the biased form with the effective
-    threshold :math:`\tau\gamma/\sqrt{\sigma}` (science.md D). :math:`\tau` thresholds a
+    threshold :math:`\tau\gamma/\sqrt{\sigma}`. :math:`\tau` thresholds a
     normalised signal, so it is gradient-scale invariant (unlike Bop's).
 
     Args:

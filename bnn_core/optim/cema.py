@@ -28,7 +28,7 @@ class CEMA(BinaryOptimizer):
 
     With :math:`\gamma = 1 - \mu` and :math:`\alpha_t = \eta_t\lambda` it gives the same binary
     weights as latent SGD with momentum :math:`\mu`, learning rate :math:`\eta_t` and decoupled
-    weight decay :math:`\lambda`, for :math:`x_0 = -\lambda(1-\mu)\theta_0` (science.md 3.3b).
+    weight decay :math:`\lambda`, for :math:`x_0 = -\lambda(1-\mu)\theta_0`.
     Start from such a state with :meth:`set_state`. From zero state, step 1 sets every weight
     with :math:`g_1 \ne 0` to :math:`-\mathrm{sign}(g_1)` (about 50 % flips).
 

@@ -3,7 +3,7 @@
 The baselines train real-valued latent weights ``theta`` whose sign is the binary weight (the
 model is switched with ``bnn_core.layers.use_latent_weights``). Plain ``torch.optim`` Adam,
 AdamW and SGD are used as they are; this module adds SGDW (decoupled weight decay, the form
-that maps exactly onto CEMA), the hyperparameter mappings of science.md 3.3, and BinaryConnect's
+that maps exactly onto CEMA), the hyperparameter mappings, and BinaryConnect's
 per-layer Xavier learning-rate multiplier (``xavier_lr_multiplier``).
 """
 
@@ -52,8 +52,8 @@ class SGDW(Optimizer):
         \theta_t = (1 - \eta_t \lambda)\, \theta_{t-1} - \eta_t v_t,
 
     with :math:`v_0 = 0`. On latent weights this is CEMA with :math:`\gamma = 1-\mu` and
-    :math:`\alpha_t = \eta_t\lambda` exactly, also for a time-varying :math:`\eta_t`
-    (science.md 3.3b). ``torch.optim.SGD(weight_decay=...)`` instead adds
+    :math:`\alpha_t = \eta_t\lambda` exactly, also for a time-varying :math:`\eta_t`.
+    ``torch.optim.SGD(weight_decay=...)`` instead adds
     :math:`\lambda\theta` to the gradient (coupled L2), which maps onto CEMA only for constant
     :math:`\eta`.
     """
@@ -94,7 +94,7 @@ class SGDW(Optimizer):
 def sgd_to_filter(
     lr: float, momentum: float, weight_decay: float, decoupled: bool = True
 ) -> FilterParameters:
-    """CEMA rates that reproduce latent SGD's binary weights (science.md 3.3b/c).
+    """CEMA rates that reproduce latent SGD's binary weights.
 
     * ``decoupled`` (SGDW): ``gamma = 1 - momentum``, ``alpha = lr * weight_decay``; exact for
       any learning-rate schedule (apply it to ``alpha``), with ``x0 = -wd (1 - mu) theta0``.
@@ -103,7 +103,7 @@ def sgd_to_filter(
       with ``m0 = x0 = -wd theta0``.
 
     Raises ``ValueError`` when no real filter exists: ``weight_decay == 0`` (the latent weight is
-    then a pure integrator, science.md 3.3d), complex roots (strongly under-damped momentum), or
+    then a pure integrator), complex roots (strongly under-damped momentum), or
     a rate outside (0, 1] (``lr * weight_decay`` too large: the latent weight oscillates).
     """
     if not (math.isfinite(lr) and lr > 0):

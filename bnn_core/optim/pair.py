@@ -26,7 +26,7 @@ __all__ = [
     "MULTIPLIER_SUFFIX",
 ]
 
-# Keras' Adam epsilon: the Bop paper trains real parameters with Keras defaults (science.md 1.4).
+# Keras' Adam epsilon: the Bop paper trains real parameters with Keras defaults.
 REAL_ADAM_EPS = 1e-7
 # A param group holding ``key + MULTIPLIER_SUFFIX`` (e.g. "lr_multiplier") gets the scheduled
 # value of ``key`` times that multiplier (per-layer Xavier learning-rate scaling).
@@ -129,7 +129,7 @@ class BinaryOptimizerPair:
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         # Restoring the filter state matters: from zero state the next step flips ~50 % of
-        # the weights (science.md 3.8).
+        # the weights.
         self.global_step = int(state_dict["global_step"])
         for name in ("binary", "real"):
             optimizer = getattr(self, name)
