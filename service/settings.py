@@ -7,6 +7,8 @@ from functools import lru_cache
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from service import limits
+
 __all__ = ["Settings", "get_settings", "normalize_database_url", "redact_url"]
 
 
@@ -42,14 +44,35 @@ class Settings(BaseSettings):
     api_key: str | None = Field(
         None, description="When set, every /api/v1 route requires the header X-API-Key."
     )
-    max_trials: int = Field(1000, ge=1, description="Upper bound for a study's n_trials.")
-    max_epochs: int = Field(1000, ge=1, description="Upper bound for a study's epochs.")
+    # The operator's limits on what a spec may ask for; each is at most the hard ceiling of
+    # service.limits that the OpenAPI schema shows.
+    max_trials: int = Field(
+        1000, ge=1, le=limits.MAX_N_TRIALS, description="Upper bound for a study's n_trials."
+    )
+    max_epochs: int = Field(
+        1000, ge=1, le=limits.MAX_EPOCHS, description="Upper bound for a study's epochs."
+    )
+    max_batch_size: int = Field(
+        65536, ge=1, le=limits.MAX_BATCH_SIZE, description="Upper bound for a study's batch_size."
+    )
     max_trials_per_gpu: int | None = Field(
-        None, ge=1, description="Upper bound for a study's trials_per_gpu (None: no bound)."
+        None,
+        ge=1,
+        le=limits.MAX_TRIALS_PER_GPU,
+        description="Upper bound for a study's trials_per_gpu (None: the ceiling "
+        f"{limits.MAX_TRIALS_PER_GPU}).",
+    )
+    max_request_bytes: int = Field(
+        1 << 20,
+        ge=1024,
+        le=limits.MAX_REQUEST_BYTES,
+        description="Largest request body the API reads; larger ones get 413 before parsing.",
     )
     heartbeat_interval_s: int = Field(10, ge=1, description="Worker heartbeat period.")
     grace_period_s: int = Field(30, ge=1, description="A RUNNING trial older than this is stale.")
-    max_retries: int = Field(2, ge=0, description="Default retries of a stale/failed trial.")
+    max_retries: int = Field(
+        2, ge=0, le=limits.MAX_RETRIES, description="Default retries of a stale/failed trial."
+    )
     reaper_interval_s: float = Field(
         5.0,
         ge=0,

@@ -75,7 +75,7 @@ MODEL_NAMES: tuple[str, ...] = get_args(ModelName)
 DatasetName = Literal["digits", "fashion-mnist", "mnist", "cifar10"]
 DATASET_NAMES: tuple[str, ...] = get_args(DatasetName)
 
-ScheduleKind = Literal["constant", "staircase", "linear", "cosine", "linear-epoch"]
+ScheduleKind = Literal["constant", "staircase", "linear", "cosine", "linear-epoch", "polynomial"]
 SCHEDULE_KINDS: tuple[str, ...] = get_args(ScheduleKind)
 
 # Per-layer latent learning-rate multipliers of the latent families.

@@ -6,16 +6,24 @@ each list; these tests are what keeps the copies equal.
 
 from __future__ import annotations
 
+import dataclasses
 import typing
 
 import pytest
 
 from bnn_core import data, models
-from bnn_core.config import LATENT_LR_SCALINGS, SCHEDULE_KINDS, ConfigError, TrainConfig
+from bnn_core.config import (
+    LATENT_LR_SCALINGS,
+    SCHEDULE_KINDS,
+    ConfigError,
+    Schedule,
+    TrainConfig,
+)
 from bnn_core.devices import resolve_device
 from bnn_core.optim import REAL_ADAM_EPS
 from bnn_core.stacked import BINARY_FAMILIES, LATENT_FAMILIES, STACKABLE_FAMILIES
 from service import vocabulary
+from service.spec import ScheduleSpec
 
 
 def test_models_match_bnn_core() -> None:
@@ -28,6 +36,11 @@ def test_datasets_match_bnn_core() -> None:
 
 def test_schedule_kinds_match_bnn_core() -> None:
     assert set(vocabulary.SCHEDULE_KINDS) == set(SCHEDULE_KINDS)
+
+
+def test_schedule_spec_has_the_fields_of_bnn_core_schedule() -> None:
+    assert set(ScheduleSpec.model_fields) == {f.name for f in dataclasses.fields(Schedule)}
+    assert ScheduleSpec().model_dump() == dataclasses.asdict(Schedule())
 
 
 def test_latent_lr_scalings_match_bnn_core() -> None:
