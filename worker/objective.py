@@ -14,6 +14,7 @@ with user attr ``error = "alpha > gamma"``.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -32,6 +33,7 @@ from service.spec import (
     ScheduleSpec,
     StudySpec,
 )
+from service.vocabulary import PRUNERS, SAMPLERS
 
 __all__ = [
     "InfeasibleParams",
@@ -40,12 +42,11 @@ __all__ = [
     "build_train_config",
     "build_sampler",
     "build_pruner",
+    "claim_seed",
     "grid_search_space",
     "train_config_dict",
 ]
 
-SAMPLERS = ("tpe", "random", "cmaes", "grid", "qmc")
-PRUNERS = ("none", "median", "hyperband")
 
 
 class InfeasibleParams(ValueError):
@@ -143,22 +144,22 @@ def build_train_config(
     trial: BaseTrial,
     *,
     device: str = "cpu",
-    data_dir: str | None = None,
+    data_root: str | None = None,
     download: bool = False,
     compile: bool = False,
 ) -> TrainConfig:
     """Sample the trial's parameters and build its ``TrainConfig`` (``device`` is already
-    resolved by the worker; ``data_dir`` is the worker's data root, the spec's ``data_dir`` a
-    folder name under it; ``download`` of the spec wins over the worker's).
+    resolved by the worker; ``data_root`` is the worker's data root, the spec's ``data_subdir``
+    a folder name under it; ``download`` is the worker's choice, never the spec's).
     On CUDA the images are channels_last (a layout choice: same results, faster convs);
     ``compile`` is the worker's choice (``WorkerSettings.compile``)."""
     values = suggest_params(trial, spec)
     return TrainConfig(
         model=spec.model,
         dataset=spec.dataset,
-        data_root=data_dir,
-        data_subdir=spec.data_dir,
-        download=spec.download or download,
+        data_root=data_root,
+        data_subdir=spec.data_subdir,
+        download=download,
         epochs=spec.epochs,
         batch_size=spec.batch_size,
         optimizer=build_optimizer_config(spec.optimizer, values),
@@ -213,10 +214,20 @@ class BudgetGridSampler(optuna.samplers.GridSampler):
         return None
 
 
-def build_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
-    """The spec's sampler. TPE is multivariate with ``constant_liar`` so that parallel workers
-    do not all sample the same point while the first trials run."""
-    name, seed = spec.sampler.name, spec.sampler.seed
+def claim_seed(seed: int, index: int) -> int:
+    """The sampler seed of a study's ``index``-th claim (0, 1, ...) when its spec says
+    ``sampler.seed = seed``: the same for every rerun, different for every claim (so workers
+    that share the spec's seed do not draw the same points). 32 bits, as numpy takes."""
+    digest = hashlib.sha256(f"{seed}:{index}".encode()).digest()
+    return int.from_bytes(digest[:4], "big")
+
+
+def build_sampler(spec: StudySpec, seed: int | None = None) -> optuna.samplers.BaseSampler:
+    """The spec's sampler (seeded with ``seed`` when given, else the spec's seed). TPE is
+    multivariate with ``constant_liar`` so that parallel workers do not all sample the same
+    point while the first trials run."""
+    name = spec.sampler.name
+    seed = spec.sampler.seed if seed is None else seed
     if name == "tpe":
         return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True)
     if name == "random":

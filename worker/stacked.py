@@ -2,15 +2,18 @@
 
 When ``spec.trials_per_gpu > 1`` and ``bnn_core.stacked`` can stack the family (every family:
 bop, bop2, filter and the latent baselines latent-adam, latent-sgd), the worker runs a
-``StackedTrainer`` whose ``next_trial()`` claims the next Optuna trial under the
-same budget rule as a solo trial (a WAITING retry first, else an atomic budget claim + ask)
-and whose per-slot ``on_epoch_end`` is the same :class:`worker.trial.EpochRecorder` (epochs
-attr, report/prune, study stop, SIGTERM). Each trial has its own heartbeat and is told as soon
-as its slot finishes; the freed slot is refilled with the next claimed trial.
+``StackedTrainer`` whose ``next_trial()`` claims the next Optuna trial under the same budget
+rule as a solo trial and whose per-slot ``on_epoch_end`` is the same
+:class:`worker.trial.EpochRecorder` (epochs attr, report/prune, study stop, SIGTERM). Each trial
+has its own heartbeat and is told as soon as its slot finishes; the freed slot is refilled with
+the next claimed trial.
 
 Falls back to one trial at a time when ``bnn_core.stacked`` is missing, the family is not in
 ``bnn_core.stacked.STACKABLE_FAMILIES``, the dataset cannot be loaded, or the device is the
 CPU (unless ``BNN_TUNE_STACK_ON_CPU=true``).
+
+A :class:`StackedRun` sees only a :class:`TrialSource` (claim, stop check, heartbeat, sample,
+tell), never the worker.
 """
 
 from __future__ import annotations
@@ -19,32 +22,36 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import optuna
 from optuna.trial import TrialState
 
 from bnn_core.config import TrainConfig, TrainResult
+from service.lifecycle import is_connectivity_error
 from service.spec import StudySpec
 from worker.control import Heartbeat
 from worker.objective import InfeasibleParams
-from worker.settings import use_compile
-from worker.trial import (
-    TRANSIENT_DB_ERRORS,
-    EpochRecorder,
-    TrialOutcome,
-    error_text,
-    outcome_of,
-    prepare_trial,
-    tell_outcome,
-)
+from worker.trial import EpochRecorder, TrialOutcome, error_text, outcome_of
 
-if TYPE_CHECKING:
-    from worker.loop import StudyHandle, Worker
-
-__all__ = ["stacking_slots", "run_stacked"]
+__all__ = ["TrialSource", "StackedRun", "stacking_slots", "run_stacked"]
 
 logger = logging.getLogger(__name__)
+
+
+class TrialSource(Protocol):
+    """What stacked (and solo) training needs of one study (:class:`worker.study_run.StudyRun`)."""
+
+    spec: StudySpec
+    device: str
+
+    def claim_next(self, in_flight: int) -> optuna.Trial | None: ...
+    def should_stop(self) -> str | None: ...
+    def heartbeat(self, trial: optuna.Trial) -> Heartbeat: ...
+    def prepare(self, trial: optuna.Trial, *, stacked: bool) -> TrainConfig: ...
+    def finish(self, trial: optuna.Trial, outcome: TrialOutcome) -> None: ...
+    def run_solo(self, trial: optuna.Trial) -> None: ...
+    def load_data(self) -> Any: ...
 
 
 def stacking_slots(spec: StudySpec, device: str, on_cpu: bool = False) -> int:
@@ -70,11 +77,9 @@ class _Running:
 class StackedRun:
     """The slot callbacks of one ``StackedTrainer.run`` for one study."""
 
-    def __init__(self, worker: Worker, handle: StudyHandle, first: optuna.Trial) -> None:
-        self.worker = worker
-        self.handle = handle
-        self.spec = handle.spec
-        self.device = worker.trial_device(handle.spec)
+    def __init__(self, source: TrialSource, first: optuna.Trial) -> None:
+        self.source = source
+        self.spec = source.spec
         self.pending: list[optuna.Trial] = [first]
         self.running: dict[int, _Running] = {}
         self.handed_out = 0
@@ -82,51 +87,29 @@ class StackedRun:
     def _claim(self) -> optuna.Trial | None:
         if self.pending:
             return self.pending.pop()
-        worker, handle = self.worker, self.handle
-        cap = worker.settings.worker_max_trials
-        if worker.stop.is_set() or worker.should_stop(handle) is not None:
-            return None
-        if cap is not None and worker.stats.trials + self.handed_out >= cap:
-            return None
-        try:
-            return worker.claim_trial(handle)
-        except TRANSIENT_DB_ERRORS as exc:
-            logger.warning("no new stacked trial (database unavailable: %s)", exc)
-            return None
+        return self.source.claim_next(in_flight=self.handed_out)
 
     def next_trial(self) -> tuple[TrainConfig, Callable[[Any], bool]] | None:
         """Claim, sample and start the heartbeat of the next trial (skipping any that cannot
         train); None when the budget, the study or the worker says stop."""
         while (trial := self._claim()) is not None:
-            heartbeat = Heartbeat(
-                self.handle.storage,
-                trial._trial_id,
-                self.worker.settings.heartbeat_interval_s,
-                self.worker.db_reached,
-            ).__enter__()
+            heartbeat = self.source.heartbeat(trial).start()
             started = time.perf_counter()
             try:
-                config = prepare_trial(
-                    self.spec,
-                    trial,
-                    worker_id=self.worker.settings.worker_id,
-                    device=self.device,
-                    data_dir=self.worker.settings.data_dir,
-                    download=self.worker.settings.download,
-                    compile=use_compile(self.worker.settings.compile, self.device, stacked=True),
-                )
+                config = self.source.prepare(trial, stacked=True)
             except InfeasibleParams as exc:
                 outcome = TrialOutcome(TrialState.PRUNED, error=str(exc), stop_reason="infeasible")
                 self._finish(_Running(trial, None, heartbeat, started), outcome)
                 continue
             except Exception as exc:  # noqa: BLE001 - a bad config fails its trial only
+                if is_connectivity_error(exc):
+                    heartbeat.stop()
+                    raise
                 outcome = TrialOutcome(TrialState.FAIL, error=error_text(exc))
                 self._finish(_Running(trial, None, heartbeat, started), outcome)
                 continue
             recorder = EpochRecorder(
-                trial,
-                lambda: self.worker.should_stop(self.handle),
-                not self.spec.is_multi_objective,
+                trial, self.source.should_stop, not self.spec.is_multi_objective
             )
             self.running[id(config)] = _Running(trial, recorder, heartbeat, started)
             self.handed_out += 1
@@ -150,10 +133,9 @@ class StackedRun:
         if running.recorder is not None:
             outcome.epochs = running.recorder.epochs
         try:
-            tell_outcome(self.handle.study, running.trial, outcome, self.handle.retry_callback)
+            self.source.finish(running.trial, outcome)
         finally:
-            running.heartbeat.__exit__(None, None, None)
-        self.worker.record(self.handle, running.trial, outcome)
+            running.heartbeat.stop()
 
     def fail_all(self, exc: BaseException) -> None:
         """The trainer itself failed: every trial still in a slot fails with its error."""
@@ -165,41 +147,35 @@ class StackedRun:
         self.running.clear()
 
 
-def run_stacked(worker: Worker, handle: StudyHandle, first: optuna.Trial) -> None:
-    """Run ``first`` and further claimed trials of ``handle`` stacked on the worker's device."""
-    from bnn_core.data import load_dataset
+def run_stacked(source: TrialSource, first: optuna.Trial, study_id: int) -> None:
+    """Run ``first`` and further claimed trials of ``source``'s study stacked on its device."""
     from bnn_core.stacked import StackedTrainer, choose_slots
 
-    spec = handle.spec
+    spec = source.spec
     try:
-        dataset = load_dataset(
-            spec.dataset,
-            worker.settings.data_dir,
-            subdir=spec.data_dir,
-            download=spec.download or worker.settings.download,
-        )
+        dataset = source.load_data()
         slots = choose_slots(
             spec.model,
             dataset.input_shape,
             spec.batch_size,
-            worker.trial_device(spec),
+            source.device,
             max_slots=spec.trials_per_gpu,
             num_classes=dataset.num_classes,
             family=spec.optimizer,
             precision=spec.precision,
         )
     except Exception as exc:  # noqa: BLE001 - the solo path records the error on the trial
-        logger.warning("cannot stack study %s (%s); training solo", handle.id, error_text(exc))
-        worker.run_claimed_trial(handle, first)
+        logger.warning("cannot stack study %s (%s); training solo", study_id, error_text(exc))
+        source.run_solo(first)
         return
-    logger.info("study %s: stacking up to %d trials on %s", handle.id, slots, worker.device)
-    run = StackedRun(worker, handle, first)
+    logger.info("study %s: stacking up to %d trials on %s", study_id, slots, source.device)
+    run = StackedRun(source, first)
     trainer = StackedTrainer(slots, dataset=dataset)
     try:
         trainer.run(run.next_trial, run.on_trial_end)
-    except TRANSIENT_DB_ERRORS:
-        run.fail_all(RuntimeError("database unavailable"))
-        raise
     except Exception as exc:  # noqa: BLE001 - never crash the worker on a trainer error
+        if is_connectivity_error(exc):
+            run.fail_all(RuntimeError("database unavailable"))
+            raise
         logger.exception("stacked trainer failed")
         run.fail_all(exc)

@@ -84,7 +84,7 @@ def test_a_study_whose_every_trial_fails_ends_failed_not_completed(
     database_url: str, live_server: Callable[..., AbstractContextManager[str]]
 ) -> None:
     # A bad data path fails each trial (real training, not a fake), but not the worker.
-    study_id = new_study(database_url, n_trials=2, dataset="mnist", data_dir="/nonexistent/mnist")
+    study_id = new_study(database_url, n_trials=2, dataset="mnist", data_subdir="nonexistent-mnist")
     stats = run_study(study_id, worker_settings(database_url))
     trials = study_trials(database_url, study_id)
     assert stats.by_state == {"FAIL": 2} and stats.errors == 0

@@ -56,7 +56,7 @@ def test_every_family_maps_to_its_optimizer_config(family: str) -> None:
     assert config.optimizer.name == family
     assert (config.model, config.dataset, config.epochs) == (spec.model, spec.dataset, spec.epochs)
     assert config.batch_size == spec.batch_size and config.device == "cpu"
-    assert config.data_root == "/data" and config.data_subdir == spec.data_dir
+    assert config.data_root == "/data" and config.data_subdir == spec.data_subdir
     for name, value in trial.params.items():
         if name.endswith("_is_zero"):
             continue
