@@ -1,57 +1,66 @@
 """Train many trials of one architecture at once: fixed-N slots over one ``StackedNetwork``.
 
-Slot API (performance.md 2.6)::
+Slot API::
 
     trainer = StackedTrainer(n_slots=16)
     results = trainer.run(next_trial, on_trial_end=tell)
 
 ``next_trial() -> (TrainConfig, on_epoch_end | None) | None`` is called whenever a slot is
-free: at the start (once per slot) and after every epoch in which a trial finished (its
-``epochs`` are done, or its ``on_epoch_end`` returned a truthy value = pruned/stopped).
-The freed slot is re-initialised in place (same N: fresh weights from the trial's seed,
-zero optimizer state, its own step counter, data split and RNG) with the next trial, until
-``next_trial`` returns ``None`` and every running trial has finished.
-``on_trial_end(result, error)`` is called as soon as a trial finishes (``error`` is a
-``TrainingDiverged`` when its loss became non-finite, else ``None``). ``run`` returns the
-``TrainResult``s in hand-out order.
+free: at the start (once per slot) and after every epoch in which a trial ended. A freed slot
+is re-initialised in place (fresh weights from the trial's seed, zero optimizer state, its own
+step counter, data split and RNG) with the next trial, until ``next_trial`` returns ``None``
+and every running trial has ended. ``on_trial_end(result, error)`` is called as soon as a
+trial ends; ``run`` returns the ``TrainResult``s in hand-out order.
 
-All trials share what fixes the tensor shapes and the data (``SHARED_FIELDS``: model,
-dataset, batch size, split fraction, device, precision, ...) and the optimizer family; each has
-its own seed (init, split, batch order, augmentation), hyperparameters and schedules, which
-are evaluated at the trial's own step. Epochs of all slots are aligned (same steps per
-epoch), so per-epoch metrics, callbacks and refills happen at group epoch boundaries; one
-host sync per epoch.
+A trial ends when its ``epochs`` are done, when its ``on_epoch_end`` returns a truthy value
+(pruned), when its callback's ``should_stop()`` (if the callback has that method) returns
+true, or when its loss becomes non-finite. ``should_stop`` is polled between epochs and every
+``config.stop_check_steps`` of the trial's steps, as ``bnn_core.train.train`` polls it: the
+trial ends within those steps with its completed epochs, ``stopped_early=True`` and no test
+evaluation. A non-finite loss ends that trial alone with ``error = TrainingDiverged`` (its
+completed epochs in ``error.epochs`` and ``result.epochs``), detected at the latest
+``DIVERGENCE_CHECK_EVERY`` steps later. Trials never mix: every op of the stacked network and
+optimizer is per trial, so the other trials compute exactly what they would have computed
+beside a healthy one.
 
-A CUDA out-of-memory error halves N: the trials in the dropped slots are parked on the host
-with their full state and resumed when a slot frees up. ``choose_slots`` picks N from the free
-GPU memory. ``train_stacked(configs, callbacks)`` is the one-shot form.
+All trials share what fixes the tensor shapes and the data (``SHARED_FIELDS``); each has its
+own seed (init, split, batch order, augmentation), hyperparameters and schedules, which are
+evaluated at the trial's own step. Epochs of all slots are aligned (same steps per epoch), so
+metrics, callbacks and refills happen at group epoch boundaries; one host sync per epoch plus
+one every ``DIVERGENCE_CHECK_EVERY`` steps.
+
+Speed settings: ``config.compile`` compiles the network once per shape for the whole process
+(``compile_cache``); ``capture="graph"`` (or ``"auto"``, on CUDA) replays the whole step from
+a CUDA graph (``capture``); ``conv_impl="auto"`` times grouped against split convolutions on
+CUDA (``tuning``). Out-of-memory back-off, parking and shrinking live in ``slots``.
 """
 
 from __future__ import annotations
 
-import math
 import time
 import warnings
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..augment import AUGMENT_PAD, crop_flip, epoch_draws, normalize
 from ..config import ConfigError, EpochMetrics, TrainConfig, TrainResult
-from ..data import Dataset, load_dataset, split_indices
-from ..devices import autocast, resolve_device, synchronize
-from ..layers import binary_layers, use_latent_weights
-from ..models import build_model
+from ..data import Dataset
+from ..devices import autocast, synchronize
 from ..schedules import schedule_value
-from .network import CONV_IMPLS, stack_models, trial_view, verify_stacking
-from .optim import LATENT_FAMILIES, STACKABLE_FAMILIES, StackedOptimizer
-from .tuning import choose_conv_impl
+from ..train import DIVERGENCE_CHECK_EVERY, TrainingDiverged
+from .capture import CAPTURE_MODES
+from .evaluation import evaluate
+from .group import GroupBuilder
+from .network import CONV_IMPLS
+from .slots import EpochCallback, Slot, SlotManager, TrialEndCallback, TrialSource
+from .stackable import SHARED_FIELDS, check_stackable, is_stackable
 
 __all__ = [
     "SHARED_FIELDS",
@@ -64,98 +73,36 @@ __all__ = [
     "is_stackable",
 ]
 
-EpochCallback = Callable[[EpochMetrics], Any]
-TrialSource = Callable[[], "tuple[TrainConfig, EpochCallback | None] | None"]
-TrialEndCallback = Callable[[TrainResult, BaseException | None], Any]
-
-# Fields every trial of one StackedTrainer must share (they fix shapes, data and numerics).
-SHARED_FIELDS = (
-    "model",
-    "dataset",
-    "data_root",
-    "data_subdir",
-    "batch_size",
-    "val_fraction",
-    "max_train_samples",
-    "augment",
-    "device",
-    "precision",
-    "channels_last",
-    "compile",
-    "optimizer.name",
-)
-EVAL_BATCH_SIZE = 1000  # per trial, capped so that one chunk holds <= EVAL_IMAGES images
-EVAL_IMAGES = 2048
-ADAM_BETAS = (0.9, 0.999)  # torch.optim.Adam's defaults: the real Adam and latent-adam
-ADAM_EPS = 1e-7  # bnn_core.optim.REAL_ADAM_EPS (real parameters)
-LATENT_ADAM_EPS = 1e-8  # torch.optim.Adam's default, as build_optimizer's latent-adam uses
-# The per-step table of an epoch is [steps, optimizer.n_rows + 1, N]: the optimizer's buffer
-# rows (StackedOptimizer.row_names), then the flip-count mask (row optimizer.n_rows).
-
-
-def _field(config: TrainConfig, name: str) -> Any:
-    value: Any = config
-    for part in name.split("."):
-        value = getattr(value, part)
-    return value
-
-
-def is_stackable(config: TrainConfig) -> bool:
-    """Whether ``config`` can run in a ``StackedTrainer``: a known model and any optimizer
-    family of ``STACKABLE_FAMILIES`` (bop, bop2, filter, latent-adam, latent-sgd)."""
-    from ..models import MODEL_NAMES
-
-    return config.optimizer.name in STACKABLE_FAMILIES and config.model in MODEL_NAMES
-
-
-def check_stackable(configs: Sequence[TrainConfig], fields: Iterable[str] = SHARED_FIELDS) -> None:
-    """Raise ``ConfigError(field)`` unless all configs agree on ``fields`` and use a family
-    the stacked optimizer supports (``STACKABLE_FAMILIES``)."""
-    if not configs:
-        raise ConfigError("configs", "need at least one config")
-    first = configs[0]
-    if first.optimizer.name not in STACKABLE_FAMILIES:
-        raise ConfigError(
-            "optimizer.name",
-            f"{first.optimizer.name!r} cannot be stacked; one of {STACKABLE_FAMILIES}",
-        )
-    for index, config in enumerate(configs[1:], start=1):
-        for name in fields:
-            if _field(config, name) != _field(first, name):
-                raise ConfigError(
-                    name,
-                    f"stacked trials must share {name}: config {index} has "
-                    f"{_field(config, name)!r}, config 0 has {_field(first, name)!r}",
-                )
-
 
 @dataclass
-class _Slot:
-    """One running trial."""
+class _Epoch:
+    """One group epoch in flight: the host-drawn tables and the device-side sums.
 
-    order: int
-    config: TrainConfig
-    callback: EpochCallback | None
-    generator: torch.Generator
-    scheduled: list[Any]
-    train_index: np.ndarray
-    val_index: np.ndarray
-    start: float = field(default_factory=time.perf_counter)
-    step: int = 0
-    epoch: int = 0
-    history: list[EpochMetrics] = field(default_factory=list)
+    ``table`` is ``[steps, optimizer.n_rows + 1, N]``: the optimizer's per-trial rows at each
+    step (``StackedOptimizer.row_names``), then the flip-count mask (row ``n_rows``).
+    ``bad_step[n]`` is trial n's first step with a non-finite loss (-1: none)."""
+
+    start: float
+    order: Tensor  # [steps * B, N] image rows
+    offsets: Tensor  # [2, steps * B, N] crop offsets
+    flips: Tensor  # [steps * B, N] horizontal flips
+    table: Tensor
+    first_step: Tensor  # [N] each trial's step number before this epoch
+    loss_sum: Tensor
+    correct: Tensor
+    bad_step: Tensor
+    freed: list[int] = field(default_factory=list)  # slots whose trial ended mid-epoch
+
+    def narrow(self, keep: list[int]) -> None:
+        """After an out-of-memory back-off: only the ``keep`` slots (renumbered from 0)."""
+        self.order, self.flips = self.order[:, keep], self.flips[:, keep]
+        self.offsets, self.table = self.offsets[:, :, keep], self.table[:, :, keep]
+        self.first_step, self.bad_step = self.first_step[keep], self.bad_step[keep]
+        self.loss_sum, self.correct = self.loss_sum[keep], self.correct[keep]
+        self.freed = [i for i in self.freed if i < len(keep)]
 
 
-@dataclass
-class _Parked:
-    """A trial evicted by an OOM back-off, with everything needed to resume it."""
-
-    slot: _Slot
-    model: nn.Module
-    optimizer_state: dict[str, Tensor]
-
-
-class StackedTrainer:
+class StackedTrainer(GroupBuilder, SlotManager):
     """Trains up to ``n_slots`` trials at once (see the module docstring for the slot API).
 
     ``dataset`` reuses loaded arrays; ``model_options`` go to ``build_model`` (e.g.
@@ -163,6 +110,8 @@ class StackedTrainer:
     models (always on for non-``nn.Sequential`` models when ``verify`` is None).
     ``conv_impl`` is one of ``CONV_IMPLS`` or ``"auto"`` (on CUDA, time both at every build
     and keep the faster: ``conv_impl_chosen`` and ``conv_timings`` say what was measured).
+    ``capture`` is one of ``CAPTURE_MODES``: ``"off"`` (eager steps), ``"graph"`` / ``"auto"``
+    (the whole step as a CUDA graph on CUDA; eager on the CPU).
     """
 
     def __init__(
@@ -174,214 +123,106 @@ class StackedTrainer:
         verify: bool | None = None,
         shrink_when_idle: bool = True,
         conv_impl: str = "auto",
+        capture: str = "off",
     ) -> None:
         if n_slots < 1:
             raise ConfigError("n_slots", f"must be >= 1, got {n_slots!r}")
         if conv_impl not in ("auto", *CONV_IMPLS):
             choices = ", ".join(("auto", *CONV_IMPLS))
             raise ConfigError("conv_impl", f"must be one of {choices}, got {conv_impl!r}")
-        self.conv_impl = conv_impl
-        self.conv_impl_chosen = "grouped"
-        self.conv_timings: dict[str, float] = {}
+        if capture not in CAPTURE_MODES:
+            raise ConfigError(
+                "capture", f"must be one of {', '.join(CAPTURE_MODES)}, got {capture!r}"
+            )
         self.n_slots = n_slots
         self.dataset = dataset
         self.model_options = dict(model_options or {})
         self.verify = verify
         self.shrink_when_idle = shrink_when_idle
-        self.slots: list[_Slot | None] = []
+        self.conv_impl = conv_impl
+        self.conv_impl_chosen = "grouped"
+        self.conv_timings: dict[str, float] = {}
+        self.capture = capture
+        self.slots: list[Slot | None] = []
         self.results: dict[int, TrainResult] = {}
         self.oom_backoffs = 0
         self.steps_run = 0
         self.compile_failed: str | None = None
+        self.timings = {"build": 0.0, "train": 0.0, "eval": 0.0}  # seconds, summed over run
 
-    # ------------------------------------------------------------------ public
+    # ------------------------------------------------------------------ the run
     def run(
         self, next_trial: TrialSource, on_trial_end: TrialEndCallback | None = None
     ) -> list[TrainResult]:
         """Run trials from ``next_trial`` until it returns None and all slots are done."""
-        self._next_trial = next_trial
+        self.start_feed(next_trial)
         self._on_trial_end = on_trial_end
-        self._handed_out = 0
-        self._exhausted = False
-        self._parked: deque[_Parked] = deque()
-        first = self._pull()
+        first = self.pull()
         if first is None:
             return []
         self.reference = first[0]
         self._setup(first[0])
-        self._build_fitting(self.n_slots)
+        self.build_fitting(self.n_slots)
         self.slots = [None] * self.n_slots
-        self._fill_slot(0, first)
+        self.fill_slot(0, first)
         for index in range(1, self.n_slots):
-            self._refill(index)
-        while any(slot is not None for slot in self.slots):
-            self._group_epoch()
-            self._maybe_shrink()
+            self.refill(index)
+        while self._busy():
+            self._end_stopped_trials()  # a stop asked for between epochs
+            if not self._busy():
+                break
+            epoch = self._train_epoch()
+            self._end_epoch(epoch)
+            self.shrink_if_idle()
+        self.park_compiled()
         return [self.results[i] for i in sorted(self.results)]
 
-    # ------------------------------------------------------------------ setup
-    def _setup(self, config: TrainConfig) -> None:
-        check_stackable([config])
-        self.device = resolve_device(config.device)
-        if self.device.type == "cuda":
-            # Shapes are static (fixed N and batch): let cuDNN pick the fastest grouped kernels.
-            torch.backends.cudnn.benchmark = True
-        data = self.dataset or load_dataset(
-            config.dataset, config.data_root, subdir=config.data_subdir, download=config.download
-        )
-        self.data = data
-        self.x_train = torch.from_numpy(np.ascontiguousarray(data.x_train)).to(self.device)
-        self.y_train = torch.from_numpy(np.ascontiguousarray(data.y_train)).to(self.device)
-        self.x_test: Tensor | None = None
-        self.augment = data.augment_by_default if config.augment is None else config.augment
-        train_idx, val_idx = split_indices(
-            len(data.y_train), config.val_fraction, config.seed, config.max_train_samples
-        )
-        self.n_train, self.n_val = len(train_idx), len(val_idx)
-        # DeviceLoader(drop_last=True): a split smaller than one batch is one short batch.
-        self.batch = min(config.batch_size, self.n_train)
-        self.steps_per_epoch = self.n_train // self.batch
-        self.family = config.optimizer.name
-
-    def _single_model(self, config: TrainConfig) -> nn.Module:
-        # Same initial weights as bnn_core.train.train (manual_seed, then build_model), but
-        # without touching the caller's global RNG.
-        if config.optimizer.name in LATENT_FAMILIES:
-            return self._single_latent_model(config)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(config.seed)
-            model = build_model(
-                config.model, self.data.input_shape, self.data.num_classes, **self.model_options
-            )
-        return model
-
-    def _single_latent_model(self, config: TrainConfig) -> nn.Module:
-        """As ``bnn_core.train``: manual_seed, build_model, ``.to(device)``, channels_last,
-        then ``build_optimizer``'s ``use_latent_weights(model, latent_init_scale)``, which
-        draws the latent weights from the RNG of the device they are on (the CUDA generator
-        on a GPU, seeded by the same manual_seed), so that device's RNG is forked too."""
-        device = self.device
-        forked: list[int] = []
-        if device.type == "cuda":
-            forked = [device.index if device.index is not None else torch.cuda.current_device()]
-        with torch.random.fork_rng(devices=forked):
-            torch.manual_seed(config.seed)
-            model = build_model(
-                config.model, self.data.input_shape, self.data.num_classes, **self.model_options
-            ).to(device)
-            if config.channels_last:
-                model = model.to(memory_format=torch.channels_last)
-            use_latent_weights(model, config.optimizer.latent_init_scale)
-        return model
-
-    def _build(self, n: int, models: list[nn.Module] | None = None) -> None:
-        config = self.reference
-        template = self._single_model(config)
-        check = self.verify if self.verify is not None else not isinstance(template, nn.Sequential)
-        if models is None:
-            # Placeholders (every slot is loaded before its first step); distinct weights
-            # when they are used to verify the stacking.
-            seeds = [replace(config, seed=config.seed + i) for i in range(n)]
-            models = [self._single_model(c) for c in seeds] if check else [template] * n
-        network = stack_models(models).to(self.device)
-        if config.channels_last:
-            network = network.to(memory_format=torch.channels_last)
-            network.channels_last = True
-        if check:
-            shape = self.data.input_shape
-            example = torch.randn(2, n, *shape, device=self.device)
-            if not verify_stacking([m.to(self.device) for m in models], network, example):
-                raise ConfigError("model", f"{config.model!r} cannot be stacked exactly")
-        self._choose_conv_impl(network, n)
-        self.network = network
-        compile_network = config.compile and self.compile_failed is None  # failed: stay eager
-        self.forward = torch.compile(network) if compile_network else network
-        self._compile_pending = compile_network
-        self.optimizer = StackedOptimizer(
-            network, self.family, betas=ADAM_BETAS, adam_eps=ADAM_EPS, latent_eps=LATENT_ADAM_EPS
-        )
-        self.layer_names = [name for name, _ in binary_layers(models[0])]
-        self.train_index = torch.zeros(self.n_train, n, dtype=torch.int64, device=self.device)
-        self.val_index = torch.zeros(self.n_val, n, dtype=torch.int64, device=self.device)
-        self.n_slots = n
-
-    def _build_fitting(self, n: int) -> None:
-        """``_build(n)``, halving ``n`` while the stacked network itself does not fit."""
-        while True:
-            try:
-                self._build(n)
-                return
-            except torch.cuda.OutOfMemoryError:
-                if n == 1:
-                    raise
-            # Outside the except block, so the traceback no longer pins the partial build.
-            torch.cuda.empty_cache()
-            n //= 2
-            self.oom_backoffs += 1
-
-    def _choose_conv_impl(self, network: nn.Module, n: int) -> None:
-        if self.conv_impl == "auto":
-            example = torch.randn(self.batch, n, *self.data.input_shape, device=self.device)
-            impl, self.conv_timings = choose_conv_impl(network, example, self.reference.precision)
-        else:
-            impl, self.conv_timings = self.conv_impl, {}
-        network.conv_impl = impl
-        self.conv_impl_chosen = impl
-
-    # ------------------------------------------------------------------ slots
-    def _pull(self) -> tuple[TrainConfig, EpochCallback | None] | None:
-        if self._exhausted:
-            return None
-        item = self._next_trial()
-        if item is None:
-            self._exhausted = True
-        return item
-
-    def _refill(self, index: int) -> None:
-        if self._parked:
-            self._resume(index, self._parked.popleft())
-            return
-        item = self._pull()
-        if item is None:
-            self.slots[index] = None
-            return
-        self._fill_slot(index, item)
-
-    def _fill_slot(self, index: int, item: tuple[TrainConfig, EpochCallback | None]) -> None:
-        from ..optim import build_optimizer
-
-        config, callback = item
-        check_stackable([self.reference, config])
-        model = self._single_model(config)
-        train_idx, val_idx = split_indices(
-            len(self.data.y_train), config.val_fraction, config.seed, config.max_train_samples
-        )
-        # The schedules of bnn_core.optim's pair (they do not depend on the model, so an empty
-        # one will do), evaluated per trial at the trial's own step.
-        scheduled = build_optimizer(
-            nn.Module(), config.optimizer, self.steps_per_epoch, config.epochs
-        ).scheduled
-        slot = _Slot(
-            order=self._handed_out,
-            config=config,
-            callback=callback,
-            generator=torch.Generator().manual_seed(config.seed),
-            scheduled=list(scheduled),
-            train_index=train_idx,
-            val_index=val_idx,
-        )
-        self._handed_out += 1
-        self.network.load_trial(index, model.to(self.device))
-        self.optimizer.reset_trials([index])
-        self._install(index, slot)
-
-    def _install(self, index: int, slot: _Slot) -> None:
-        self.train_index[:, index] = torch.from_numpy(slot.train_index).to(self.device)
-        self.val_index[:, index] = torch.from_numpy(slot.val_index).to(self.device)
-        self.optimizer.configure_trial(index, slot.config.optimizer)
-        self.slots[index] = slot
+    def _busy(self) -> bool:
+        return any(slot is not None for slot in self.slots)
 
     # ------------------------------------------------------------------ one group epoch
+    def _train_epoch(self) -> _Epoch:
+        start = time.perf_counter()
+        self.network.train()
+        epoch = self._new_epoch()
+        i = 0
+        while i < self.steps_per_epoch:
+            out_of_memory = False
+            try:
+                losses, hits = self._step_at(epoch, i)
+            except torch.cuda.OutOfMemoryError:
+                if self.n_slots == 1:
+                    raise
+                out_of_memory = True
+            if out_of_memory:
+                # Outside the except block, so the traceback no longer pins the step's tensors.
+                epoch.narrow(self.back_off())
+                continue
+            step = epoch.first_step + (i + 1)
+            epoch.bad_step = torch.where(
+                (epoch.bad_step < 0) & ~torch.isfinite(losses), step, epoch.bad_step
+            )
+            epoch.loss_sum += losses
+            epoch.correct += hits
+            self.steps_run += 1
+            i += 1
+            if i < self.steps_per_epoch:
+                self._poll(epoch, i)
+        self.timings["train"] += time.perf_counter() - start
+        return epoch
+
+    def _new_epoch(self) -> _Epoch:
+        n, device = self.n_slots, self.device
+        order, offsets, flips, table = self._epoch_tables()
+        steps = [slot.step if slot is not None else 0 for slot in self.slots]
+        return _Epoch(
+            start=time.perf_counter(), order=order, offsets=offsets, flips=flips, table=table,
+            first_step=torch.tensor(steps, dtype=torch.int64, device=device),
+            loss_sum=torch.zeros(n, device=device),
+            correct=torch.zeros(n, dtype=torch.int64, device=device),
+            bad_step=torch.full((n,), -1, dtype=torch.int64, device=device),
+        )  # fmt: skip
+
     def _epoch_tables(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Host-side per-slot batch order, augmentation draws and per-step hyperparameters."""
         n, spe, bs = self.n_slots, self.steps_per_epoch, self.batch
@@ -409,7 +250,7 @@ class StackedTrainer:
             torch.from_numpy(table).to(torch.float32).to(to),
         )
 
-    def _slot_table(self, slot: _Slot) -> np.ndarray:
+    def _slot_table(self, slot: Slot) -> np.ndarray:
         """``[spe, n_rows + 1]``: the optimizer rows at the trial's own steps (its schedules
         evaluated there), then the flip-count mask (the trial's first step is not counted)."""
         spe = self.steps_per_epoch
@@ -427,21 +268,26 @@ class StackedTrainer:
         count = (steps > 0).astype(np.float64)[:, None]
         return np.concatenate([optimizer_rows, count], axis=1)
 
-    def _batch(
-        self, order: Tensor, offsets: Tensor, flips: Tensor, i: int
-    ) -> tuple[Tensor, Tensor]:
+    def _step_at(self, epoch: _Epoch, i: int) -> tuple[Tensor, Tensor]:
+        x, y = self._batch(epoch, i)
+        row = epoch.table[i]
+        if self._compile_pending:
+            return self._first_compiled_step(x, y, row)
+        if self._graph is not None:
+            return self._graph(x, y, row)
+        return self._step(x, y, row)
+
+    def _batch(self, epoch: _Epoch, i: int) -> tuple[Tensor, Tensor]:
         bs = self.batch
-        index = order[i * bs : (i + 1) * bs]  # [B, N]
+        index = epoch.order[i * bs : (i + 1) * bs]  # [B, N]
         x = self.x_train[index]  # [B, N, C, H, W] uint8
         y = self.y_train[index]
         if self.augment:
             shape = x.shape
             flat = x.reshape(-1, *shape[2:])
-            off = offsets[:, i * bs : (i + 1) * bs].reshape(2, -1)
-            flat = crop_flip(
-                flat, off[0], off[1], flips[i * bs : (i + 1) * bs].reshape(-1), AUGMENT_PAD
-            )
-            x = flat.reshape(shape)
+            off = epoch.offsets[:, i * bs : (i + 1) * bs].reshape(2, -1)
+            flip = epoch.flips[i * bs : (i + 1) * bs].reshape(-1)
+            x = crop_flip(flat, off[0], off[1], flip, AUGMENT_PAD).reshape(shape)
         return normalize(x), y
 
     def _step(self, x: Tensor, y: Tensor, row: Tensor) -> tuple[Tensor, Tensor]:
@@ -458,8 +304,8 @@ class StackedTrainer:
         return per_trial.detach(), correct
 
     def _first_compiled_step(self, x: Tensor, y: Tensor, row: Tensor) -> tuple[Tensor, Tensor]:
-        """The first step after a build compiles the network (forward and backward). If
-        torch.compile fails (a backend missing, an unsupported op), train eagerly instead:
+        """The first step after a new compiled network compiles it (forward and backward).
+        If torch.compile fails (a backend missing, an unsupported op), train eagerly instead:
         eager computes the same function, only slower, and a trial should not die of it."""
         try:
             result = self._step(x, y, row)
@@ -477,90 +323,106 @@ class StackedTrainer:
         self._compile_pending = False
         return result
 
-    def _group_epoch(self) -> None:
-        start = time.perf_counter()
-        self.network.train()
-        order, offsets, flips, table = self._epoch_tables()
-        loss_sum = torch.zeros(self.n_slots, device=self.device)
-        correct = torch.zeros(self.n_slots, dtype=torch.int64, device=self.device)
-        i = 0
-        while i < self.steps_per_epoch:
-            out_of_memory = False
-            try:
-                x, y = self._batch(order, offsets, flips, i)
-                if self._compile_pending:
-                    losses, hits = self._first_compiled_step(x, y, table[i])
-                else:
-                    losses, hits = self._step(x, y, table[i])
-            except torch.cuda.OutOfMemoryError:
-                if self.n_slots == 1:
-                    raise
-                out_of_memory = True
-            if out_of_memory:
-                # Outside the except block, so the traceback no longer pins the step's tensors.
-                loss_sum, correct, order, offsets, flips, table = self._back_off(
-                    loss_sum, correct, order, offsets, flips, table
-                )
+    # ------------------------------------------------------------------ ending trials
+    def _poll(self, epoch: _Epoch, i: int) -> None:
+        """After step ``i`` of the epoch: end the trials asked to stop (each at its own
+        ``stop_check_steps``) and, every ``DIVERGENCE_CHECK_EVERY`` steps, the diverged ones."""
+        for index, slot in enumerate(self.slots):
+            if slot is None or (slot.step + i) % slot.config.stop_check_steps:
                 continue
-            loss_sum += losses
-            correct += hits
-            self.steps_run += 1
-            i += 1
-        val_loss, val_acc = self._evaluate(self.val_index)
-        self._finish_epoch(start, loss_sum, correct, val_loss, val_acc, table)
+            if slot.stop_requested():
+                self._end_trial(index, stopped=True, interrupted=True)
+                self._free_mid_epoch(epoch, index, i)
+        if i % DIVERGENCE_CHECK_EVERY == 0:
+            for index, bad in enumerate(epoch.bad_step.tolist()):
+                slot = self.slots[index]
+                if slot is not None and bad >= 0:
+                    error = TrainingDiverged(slot.epoch + 1, bad, slot.history)
+                    self._end_trial(index, error=error)
+                    self._free_mid_epoch(epoch, index, i)
 
-    def _finish_epoch(
-        self,
-        start: float,
-        loss_sum: Tensor,
-        correct: Tensor,
-        val_loss: Tensor,
-        val_acc: Tensor,
-        table: Tensor,
-    ) -> None:
+    def _free_mid_epoch(self, epoch: _Epoch, index: int, i: int) -> None:
+        """The slot idles (no updates, no flips counted) until the epoch ends and refills it."""
+        rows = self.optimizer.n_rows
+        idle = torch.as_tensor(self.optimizer.idle_row(), dtype=torch.float32)
+        epoch.table[i:, :rows, index] = idle.to(self.device)
+        epoch.table[i:, rows, index] = 0
+        epoch.freed.append(index)
+
+    def _end_stopped_trials(self) -> None:
+        for index, slot in enumerate(self.slots):
+            if slot is not None and slot.stop_requested():
+                self._end_trial(index, stopped=True, interrupted=True)
+                self.refill(index)
+
+    def _end_epoch(self, epoch: _Epoch) -> None:
+        """Validate, read the epoch's sums (one sync), then per slot: record the metrics,
+        call its callback, end the trial if it is done, refill freed slots."""
+        start = time.perf_counter()
+        x_val, y_val = (
+            (self.x_test, self.y_test) if self.val_is_test else (self.x_train, self.y_train)
+        )
+        assert x_val is not None and y_val is not None
+        precision = self.reference.precision
+        val_loss, val_acc = evaluate(self.network, self.val_index, x_val, y_val, precision)
         spe = self.steps_per_epoch
-        counted = table[:, self.optimizer.n_rows].sum(0)  # [N] steps whose flips were counted
+        counted = epoch.table[:, self.optimizer.n_rows].sum(0)  # [N] steps whose flips count
         flips = self.optimizer.flip_counts.clone()
         self.optimizer.flip_counts.zero_()
         synchronize(self.device)
         host = {
-            "loss": (loss_sum / spe).tolist(),
-            "acc": (correct.double() / (spe * self.batch)).tolist(),
+            "loss": (epoch.loss_sum / spe).tolist(),
+            "acc": (epoch.correct.double() / (spe * self.batch)).tolist(),
             "val_loss": val_loss.tolist(),
             "val_acc": val_acc.tolist(),
             "counted": counted.tolist(),
             "flips": flips.tolist(),
+            "bad_step": epoch.bad_step.tolist(),
         }
-        seconds = time.perf_counter() - start
-        sizes = self.optimizer.layer_sizes
+        self.timings["eval"] += time.perf_counter() - start
+        seconds = time.perf_counter() - epoch.start
         for index, slot in enumerate(self.slots):
             if slot is None:
+                if index in epoch.freed:
+                    self.refill(index)
                 continue
-            steps = host["counted"][index]
             slot.step += spe
             slot.epoch += 1
-            per_layer = {
-                name: (c / (size * steps) if steps else 0.0)
-                for name, c, size in zip(
-                    self.layer_names, host["flips"][index], sizes, strict=True
-                )
-            }
-            total = sum(host["flips"][index]) / (sum(sizes) * steps) if steps else 0.0
-            metrics = EpochMetrics(
-                epoch=slot.epoch,
-                train_loss=host["loss"][index],
-                train_accuracy=host["acc"][index],
-                val_loss=host["val_loss"][index],
-                val_accuracy=host["val_acc"][index],
-                flip_ratio=total,
-                flip_ratio_per_layer=per_layer,
-                hyperparameters=self._hyperparameters(slot),
-                seconds=seconds,
-            )
-            slot.history.append(metrics)
-            self._after_epoch(index, slot, metrics)
+            if host["bad_step"][index] >= 0:
+                error = TrainingDiverged(slot.epoch, host["bad_step"][index], slot.history)
+                self._end_trial(index, error=error)
+            else:
+                metrics = self._metrics(slot, index, host, seconds)
+                slot.history.append(metrics)
+                pruned = bool(slot.callback(metrics)) if slot.callback is not None else False
+                if not pruned and slot.epoch < slot.config.epochs:
+                    continue
+                self._end_trial(index, stopped=pruned)
+            self.refill(index)
 
-    def _hyperparameters(self, slot: _Slot) -> dict[str, float]:
+    def _metrics(
+        self, slot: Slot, index: int, host: dict[str, list], seconds: float
+    ) -> EpochMetrics:
+        steps = host["counted"][index]
+        sizes = self.optimizer.layer_sizes
+        flips = host["flips"][index]
+        per_layer = {
+            name: (c / (size * steps) if steps else 0.0)
+            for name, c, size in zip(self.layer_names, flips, sizes, strict=True)
+        }
+        return EpochMetrics(
+            epoch=slot.epoch,
+            train_loss=host["loss"][index],
+            train_accuracy=host["acc"][index],
+            val_loss=host["val_loss"][index],
+            val_accuracy=host["val_acc"][index],
+            flip_ratio=sum(flips) / (sum(sizes) * steps) if steps else 0.0,
+            flip_ratio_per_layer=per_layer,
+            hyperparameters=self._hyperparameters(slot),
+            seconds=seconds,
+        )
+
+    def _hyperparameters(self, slot: Slot) -> dict[str, float]:
         spe = self.steps_per_epoch
         total = spe * slot.config.epochs
         step = max(slot.step - 1, 0)
@@ -569,168 +431,41 @@ class StackedTrainer:
             for item in slot.scheduled
         }
 
-    def _after_epoch(self, index: int, slot: _Slot, metrics: EpochMetrics) -> None:
-        error: BaseException | None = None
-        if not math.isfinite(metrics.train_loss):
-            from ..train import TrainingDiverged
-
-            error = TrainingDiverged(slot.epoch, slot.step, slot.history)
-            stopped = True
-        else:
-            stopped = bool(slot.callback(metrics)) if slot.callback is not None else False
-        if not stopped and slot.epoch < slot.config.epochs:
-            return
+    def _end_trial(
+        self,
+        index: int,
+        *,
+        stopped: bool = False,
+        interrupted: bool = False,
+        error: BaseException | None = None,
+    ) -> None:
+        """Record slot ``index``'s result, free the slot and tell ``on_trial_end``."""
+        slot = self.slots[index]
+        assert slot is not None
+        test_accuracy = None
+        if self.val_is_test and slot.history:
+            test_accuracy = slot.history[-1].val_accuracy  # the "val" split is the test set
+        elif error is None and not interrupted and slot.config.evaluate_test:
+            test_accuracy = self._test_accuracy(index)
         result = TrainResult(
             config=slot.config,
             epochs=slot.history,
             stopped_early=stopped and error is None,
-            test_accuracy=self._test_accuracy(index) if slot.config.evaluate_test else None,
+            test_accuracy=test_accuracy,
             seconds=time.perf_counter() - slot.start,
         )
         self.results[slot.order] = result
+        self.slots[index] = None
         if self._on_trial_end is not None:
             self._on_trial_end(result, error)
-        self.slots[index] = None
-        self._refill(index)
-
-    # ------------------------------------------------------------------ evaluation
-    @torch.no_grad()
-    def _evaluate(
-        self, index: Tensor, x_all: Tensor | None = None, y_all: Tensor | None = None
-    ) -> tuple[Tensor, Tensor]:
-        """Per-trial (mean CE, accuracy) over ``index`` ([V, N] rows into the data).
-
-        Chunks hold at most ``EVAL_IMAGES`` images over all trials; a CUDA OOM halves them.
-        """
-        x_all = self.x_train if x_all is None else x_all
-        y_all = self.y_train if y_all is None else y_all
-        chunk = max(1, min(EVAL_BATCH_SIZE, EVAL_IMAGES // self.n_slots))
-        self.network.eval()
-        try:
-            while True:
-                out_of_memory = False
-                try:
-                    return self._evaluate_chunks(index, x_all, y_all, chunk)
-                except torch.cuda.OutOfMemoryError:
-                    if chunk == 1:
-                        raise
-                    out_of_memory = True
-                if out_of_memory:
-                    chunk //= 2
-                    torch.cuda.empty_cache()
-        finally:
-            self.network.train()
-
-    @torch.no_grad()
-    def _evaluate_chunks(
-        self, index: Tensor, x_all: Tensor, y_all: Tensor, chunk: int
-    ) -> tuple[Tensor, Tensor]:
-        n = self.n_slots
-        loss = torch.zeros(n, device=self.device)
-        hits = torch.zeros(n, dtype=torch.int64, device=self.device)
-        for lo in range(0, index.shape[0], chunk):
-            rows = index[lo : lo + chunk]
-            x, y = normalize(x_all[rows]), y_all[rows]
-            with autocast(self.device, self.reference.precision):
-                logits = self.network(x)
-            ce = F.cross_entropy(logits.float().permute(0, 2, 1), y, reduction="none")
-            loss += ce.sum(0)
-            hits += (logits.argmax(-1) == y).sum(0)
-        count = max(index.shape[0], 1)
-        return loss / count, hits.double() / count
 
     def _test_accuracy(self, index: int) -> float:
-        if self.x_test is None:
-            self.x_test = torch.from_numpy(np.ascontiguousarray(self.data.x_test)).to(self.device)
-            self.y_test = torch.from_numpy(np.ascontiguousarray(self.data.y_test)).to(self.device)
-        rows = torch.arange(len(self.y_test), device=self.device)[:, None].expand(-1, self.n_slots)
-        _, acc = self._evaluate(rows, self.x_test, self.y_test)
+        self._load_test_set()
+        assert self.x_test is not None and self.y_test is not None
+        rows = torch.arange(len(self.y_test), device=self.device)[:, None]
+        rows = rows.expand(-1, self.n_slots)
+        _, acc = evaluate(self.network, rows, self.x_test, self.y_test, self.reference.precision)
         return float(acc[index])
-
-    # ------------------------------------------------------------------ resizing
-    def _capture(self, index: int) -> tuple[nn.Module, dict[str, Tensor]]:
-        # On the host: an OOM back-off must free device memory, not double it.
-        model = self.network.export_trial(index).cpu()
-        state = {}
-        opt = self.optimizer
-        named = {f"s.{k}.{i}": t for k, ts in opt.state.items() for i, t in enumerate(ts)}
-        named.update({f"a.{i}": t for i, t in enumerate(opt.exp_avg)})
-        named.update({f"b.{i}": t for i, t in enumerate(opt.exp_avg_sq)})
-        for key, tensor in named.items():
-            state[key] = trial_view(tensor, self.n_slots)[index].to("cpu", copy=True)
-        state["flips"] = opt.flip_counts[index].to("cpu", copy=True)
-        return model, state
-
-    def _restore_state(self, index: int, state: dict[str, Tensor]) -> None:
-        opt = self.optimizer
-        named = {f"s.{k}.{i}": t for k, ts in opt.state.items() for i, t in enumerate(ts)}
-        named.update({f"a.{i}": t for i, t in enumerate(opt.exp_avg)})
-        named.update({f"b.{i}": t for i, t in enumerate(opt.exp_avg_sq)})
-        with torch.no_grad():
-            for key, tensor in named.items():
-                trial_view(tensor, self.n_slots)[index].copy_(state[key])
-            opt.flip_counts[index].copy_(state["flips"])
-
-    def _resume(self, index: int, parked: _Parked) -> None:
-        self.network.load_trial(index, parked.model)
-        self._restore_state(index, parked.optimizer_state)
-        self._install(index, parked.slot)
-
-    def _resize(self, keep: list[int], park: list[int]) -> None:
-        """Rebuild with the slots in ``keep``; trials in ``park`` wait on the host."""
-        captured = {i: self._capture(i) for i in keep + park}
-        slots = list(self.slots)
-        for i in park:
-            slot = slots[i]
-            if slot is not None:
-                model, state = captured[i]
-                self._parked.append(_Parked(slot, model, state))
-        del self.forward, self.optimizer, self.network
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
-        self._build(len(keep), [captured[i][0].to(self.device) for i in keep])
-        self.slots = [None] * len(keep)
-        for new, old in enumerate(keep):
-            slot = slots[old]
-            self.network.load_trial(new, captured[old][0])
-            self._restore_state(new, captured[old][1])
-            if slot is not None:
-                self._install(new, slot)
-
-    def _back_off(self, loss_sum, correct, order, offsets, flips, table):  # noqa: ANN001, ANN202
-        """CUDA OOM: halve N and redo the epoch's remaining steps with the kept slots."""
-        n = self.n_slots
-        half = n // 2
-        keep, park = list(range(half)), list(range(half, n))
-        self.optimizer.zero_grad()
-        self._resize(keep, park)
-        self.oom_backoffs += 1
-        # A parked trial redoes the interrupted epoch when resumed (its step counter was not
-        # advanced; its weights keep the partial epoch's updates). OOM nearly always strikes
-        # at the first step, where this is exact.
-        return (
-            loss_sum[:half].clone(),
-            correct[:half].clone(),
-            order[:, :half].contiguous(),
-            offsets[:, :, :half].contiguous(),
-            flips[:, :half].contiguous(),
-            table[:, :, :half].contiguous(),
-        )
-
-    def _maybe_shrink(self) -> None:
-        """Once no trial is left to hand out, drop idle slots (halving N while at most half
-        of the slots are busy), so the last trials do not pay for empty ones."""
-        if not self.shrink_when_idle or not self._exhausted or self._parked:
-            return
-        busy = [i for i, slot in enumerate(self.slots) if slot is not None]
-        if not busy or len(busy) > self.n_slots // 2:
-            return
-        size = self.n_slots
-        while size // 2 >= len(busy) and size > 1:
-            size //= 2
-        self._resize(
-            busy + [i for i, s in enumerate(self.slots) if s is None][: size - len(busy)], []
-        )
 
 
 def train_stacked(

@@ -25,6 +25,8 @@ from bnn_core.stacked import (
     StackedTrainer,
     choose_conv_impl,
     choose_slots,
+    compile_cache,
+    evaluation,
     stack_models,
     time_conv_impls,
     train_stacked,
@@ -392,17 +394,17 @@ def test_cuda_oom_halves_the_slots_and_finishes_every_trial(monkeypatch) -> None
             raise torch.cuda.OutOfMemoryError("simulated")
         return original(self, x, y, row)
 
-    evaluate = StackedTrainer._evaluate_chunks
+    evaluate = evaluation.evaluate_chunks
     chunks: list[int] = []
 
-    def flaky_eval(self, index, x, y, chunk):  # noqa: ANN001, ANN202
+    def flaky_eval(network, index, x, y, chunk, precision):  # noqa: ANN001, ANN202
         chunks.append(chunk)
         if len(chunks) == 1:
             raise torch.cuda.OutOfMemoryError("simulated")
-        return evaluate(self, index, x, y, chunk)
+        return evaluate(network, index, x, y, chunk, precision)
 
     monkeypatch.setattr(StackedTrainer, "_step", flaky)
-    monkeypatch.setattr(StackedTrainer, "_evaluate_chunks", flaky_eval)
+    monkeypatch.setattr(evaluation, "evaluate_chunks", flaky_eval)
     configs = [_digits_config(s) for s in range(4)]
     queue = list(configs)
     results = trainer.run(lambda: (queue.pop(0), None) if queue else None)
@@ -591,6 +593,7 @@ def test_a_failing_torch_compile_falls_back_to_eager(monkeypatch) -> None:  # no
 
     configs = [_digits_config(s) for s in range(2)]
     eager = train_stacked(configs, model_options={"hidden": 16})
+    compile_cache.clear()  # a network compiled by an earlier test would not fail
     monkeypatch.setattr(torch, "compile", broken_compile)
     queue = [dataclasses.replace(c, compile=True) for c in configs]
     trainer = StackedTrainer(2, model_options={"hidden": 16})
