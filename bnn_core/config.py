@@ -347,7 +347,11 @@ class TrainConfig:
 class EpochMetrics:
     """What one epoch produced. ``flip_ratio`` is the mean per-step fraction of binary weights
     that changed sign (larq ``FlipRatio``); step 1 is excluded because its flips compare the
-    random init with the first update."""
+    random init with the first update.
+
+    ``last_layer_pi_mean`` / ``last_layer_pi_last``: the Bop paper's eq. 7 statistic of the last
+    binary layer, ``pi_t = ln(r_t + e^-9)`` with ``r_t`` its per-step flip ratio, averaged over
+    the epoch's counted steps / at its last step (None where not measured)."""
 
     epoch: int
     train_loss: float
@@ -360,6 +364,8 @@ class EpochMetrics:
         str, float
     ]  # values in force at the end of the epoch: gamma, threshold, ...
     seconds: float
+    last_layer_pi_mean: float | None = None
+    last_layer_pi_last: float | None = None
 
 
 @dataclass

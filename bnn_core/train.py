@@ -259,7 +259,7 @@ def train(
             stopped = interrupted = True
             break
         val_loss, val_acc = evaluate(run.forward, run.model, run.val_loader, config.precision)
-        flip_ratio, per_layer = run.flips.collect()
+        flips = run.flips.collect_epoch()
         synchronize(run.device)
         metrics = EpochMetrics(
             epoch=epoch,
@@ -267,10 +267,12 @@ def train(
             train_accuracy=train_acc,
             val_loss=val_loss,
             val_accuracy=val_acc,
-            flip_ratio=flip_ratio,
-            flip_ratio_per_layer=per_layer,
+            flip_ratio=flips.ratio,
+            flip_ratio_per_layer=flips.per_layer,
             hyperparameters=run.optimizer.hyperparameters(),
             seconds=time.perf_counter() - epoch_start,
+            last_layer_pi_mean=flips.pi_mean,
+            last_layer_pi_last=flips.pi_last,
         )
         history.append(metrics)
         if on_epoch_end is not None and on_epoch_end(metrics):

@@ -267,3 +267,80 @@ def test_cifar_inputs_pad_with_black_in_training_and_are_only_scaled_in_evaluati
     assert int(rows.min()) >= 28 and int(cols.min()) >= 28
     assert int((rows * cols < 32 * 32).sum()) > len(inputs) // 2  # most crops are shifted
     assert seen["eval"] and all(bool((batch == 1.0).all()) for batch in seen["eval"])
+
+
+@pytest.mark.parametrize("latent", [False, True])
+def test_last_layer_pi_is_the_bop_papers_eq7(latent: bool) -> None:
+    model = nn.Sequential(BinaryLinear(6, 4), BinaryLinear(4, 3))
+    if latent:
+        use_latent_weights(model, init_scale=0.5)
+        with torch.no_grad():
+            model[1].weight.add_(0.01 * torch.sign(model[1].weight))  # no exact zeros
+    counter = FlipCounter(model)
+    counter.snapshot()
+    with torch.no_grad():
+        model[1].weight[2, :2] *= -1  # 2 of the last layer's 12 weights
+    counter.update()
+    counter.snapshot()
+    counter.update()  # nothing flips: pi = ln(e^-9) = -9
+    epoch = counter.collect_epoch()
+    first = math.log(2 / 12 + math.exp(-9))
+    assert epoch.pi_mean == pytest.approx((first - 9) / 2)
+    assert epoch.pi_last == pytest.approx(-9.0)
+    assert counter.collect_epoch().pi_mean is None  # nothing counted since
+
+
+def test_training_reports_last_layer_pi(digits) -> None:
+    result = train(_config(epochs=2), dataset=digits)
+    for epoch in result.epochs:
+        assert -9.0 <= epoch.last_layer_pi_mean <= 0.0
+        assert -9.0 <= epoch.last_layer_pi_last <= 0.0
+
+
+def test_should_stop_ends_the_run_within_stop_check_steps(digits) -> None:
+    # digits: 1293 training images at batch 10 -> 129 steps per epoch
+    steps = []
+    state = {"calls": 0}
+
+    def should_stop() -> bool:
+        state["calls"] += 1
+        return len(steps) >= 140  # in the middle of epoch 2
+
+    config = _config(epochs=5, batch_size=10, stop_check_steps=7, evaluate_test=True)
+    result = train(
+        config,
+        should_stop=should_stop,
+        on_batch_end=lambda epoch, batch, n: steps.append((epoch, batch)),
+        dataset=digits,
+    )
+    assert result.stopped_early
+    assert [e.epoch for e in result.epochs] == [1]  # the unfinished epoch 2 is dropped
+    assert 140 <= len(steps) < 140 + 7  # stopped at the first poll after the request
+    assert state["calls"] <= len(steps) // 7 + 2  # polled every 7 steps (+ between epochs)
+    assert result.test_accuracy is None  # no extra evaluation after a stop
+
+
+def test_should_stop_before_the_first_step(digits) -> None:
+    result = train(_config(), should_stop=lambda: True, dataset=digits)
+    assert result.stopped_early and result.epochs == []
+
+
+def test_test_protocol_trains_on_everything_and_reports_the_test_set(digits) -> None:
+    seen = {}
+
+    def on_setup(model, optimizer) -> None:
+        seen["model"], seen["steps_per_epoch"] = model, optimizer.steps_per_epoch
+
+    config = _config(epochs=1, eval_protocol="test", batch_size=50)
+    result = train(config, dataset=digits, on_setup=on_setup)
+    assert seen["steps_per_epoch"] == len(digits.y_train) // 50  # no held-out part
+    assert result.test_accuracy == result.epochs[-1].val_accuracy
+    # the "val" numbers are the test set's: evaluate the trained model on it by hand
+    model = seen["model"].eval()
+    with torch.no_grad():
+        x = torch.from_numpy(digits.x_test).float() / 127.5 - 1.0
+        accuracy = (model(x).argmax(1).numpy() == digits.y_test).mean()
+    assert result.epochs[-1].val_accuracy == pytest.approx(accuracy, abs=1e-9)
+    with pytest.raises(ConfigError) as info:
+        TrainConfig(eval_protocol="tune-on-test")
+    assert info.value.field == "eval_protocol"
