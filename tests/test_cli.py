@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from worker.cli import build_parser, comparison_table, main, study_summary
+from service.cli import build_parser, main
+from service.cli.tables import comparison_table, study_summary
 
 ROOT = Path(__file__).resolve().parent.parent
 BNN_TUNE = str(Path(sys.executable).parent / "bnn-tune")
@@ -180,8 +181,18 @@ def test_submit_then_status(
     api_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert main(["submit", str(_spec(tmp_path)), "--api-url", api_url]) == 0
-    study_id = capsys.readouterr().out.strip()
-    assert study_id.isdigit()
+    lines = capsys.readouterr().out.splitlines()
+    study_id = lines[0].split()[2]
+    assert lines[0] == f"submitted study {study_id} 'digits-bop-demo' (queued)"
+    assert lines[1].split() == [
+        "follow:",
+        "bnn-tune",
+        "status",
+        study_id,
+        "--watch",
+        "--api-url",
+        api_url,
+    ]
     assert main(["status", study_id, "--api-url", api_url]) == 0
     out = capsys.readouterr().out
     assert f"study {study_id} digits-bop-demo" in out
@@ -213,7 +224,7 @@ def test_status_says_why_a_cuda_study_waits_and_workers_lists_them(
 ) -> None:
     assert main(["workers", "--api-url", api_url]) == 0
     assert "no workers registered" in capsys.readouterr().out
-    assert main(["submit", str(_spec(tmp_path, device="cuda")), "--api-url", api_url]) == 0
+    assert main(["submit", "-q", str(_spec(tmp_path, device="cuda")), "--api-url", api_url]) == 0
     study_id = capsys.readouterr().out.strip()
     assert main(["status", study_id, "--api-url", api_url]) == 0
     assert "waiting no live worker\n" in capsys.readouterr().out + "\n"
@@ -260,7 +271,7 @@ def test_server_side_422_is_field_reason(
 def test_plot_writes_a_png(
     api_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["submit", str(_spec(tmp_path)), "--api-url", api_url]) == 0
+    assert main(["submit", "-q", str(_spec(tmp_path)), "--api-url", api_url]) == 0
     study_id = capsys.readouterr().out.strip()
     out = tmp_path / "params.png"
     assert (
@@ -339,7 +350,7 @@ def test_embedded_demo_spec_is_the_example(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from service.spec import load_spec, parse_spec
-    from worker.cli import demo
+    from service.cli import demo
 
     example = load_spec(ROOT / "examples" / "digits-bop.yaml")
     assert demo.DEFAULT_DEMO_SPEC == ROOT / "examples" / "digits-bop.yaml"

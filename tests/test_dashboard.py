@@ -15,7 +15,7 @@ import httpx
 import optuna
 import pytest
 
-from worker.cli import free_port
+from service.cli.processes import free_port
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 

@@ -1,86 +1,51 @@
-"""Text rendering of a study for ``status`` and ``demo``: progress bar, state counts, best
-parameters and the comparison table of the best trials.
+"""Text rendering for ``bnn-tune``: a study's summary (``status``, ``demo``), the comparison
+table of its best trials, its running trials, its Pareto front, and the ``list`` and
+``workers`` tables.
 
-Trials are the API's JSON dicts; every reader here tolerates missing keys, since running and
-failed trials lack most of them.
+Where a trial keeps each fact, and how progress is counted, is
+:mod:`service.client_views`'s business; this module only lays text out.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from service.client import TERMINAL_STATUSES
+from service.client_views import (
+    finished_count,
+    metric,
+    plain_params,
+    running_progress,
+    state_of,
+    trial_seconds,
+    trial_value,
+    trial_worker,
+)
+
 __all__ = [
     "best_trials",
     "comparison_table",
     "count_states",
     "counts_text",
-    "display_params",
-    "finished_count",
     "fmt",
     "format_table",
     "is_terminal",
+    "pareto_table",
     "progress_bar",
+    "studies_table",
     "study_summary",
-    "trial_seconds",
-    "trial_value",
     "workers_table",
 ]
 
-TERMINAL_STATES = ("completed", "failed", "stopped", "cancelled", "deleted")
-FINISHED_TRIAL_STATES = ("complete", "pruned", "fail", "failed")
-
-
-def trial_value(trial: dict[str, Any]) -> float | None:
-    """The trial's validation accuracy (first objective), or None."""
-    for key in ("val_accuracy", "value"):
-        if isinstance(trial.get(key), int | float):
-            return float(trial[key])
-    values = trial.get("values")
-    if isinstance(values, list) and values and isinstance(values[0], int | float):
-        return float(values[0])
-    return None
-
-
-def _metric(trial: dict[str, Any], key: str) -> float | None:
-    """``key`` from the trial, its user_attrs, or else its last epoch."""
-    epochs = trial.get("epochs") or [{}]
-    for source in (trial, trial.get("user_attrs") or {}, epochs[-1]):
-        if isinstance(source, dict) and isinstance(source.get(key), int | float):
-            return float(source[key])
-    return None
-
-
-def trial_seconds(trial: dict[str, Any]) -> float | None:
-    for key in ("train_seconds", "duration_s", "seconds"):
-        if (value := _metric(trial, key)) is not None:
-            return value
-    return None
-
-
-def _state(trial: dict[str, Any]) -> str:
-    return str(trial.get("state", "")).lower()
-
 
 def is_terminal(study: dict[str, Any]) -> bool:
-    return str(study.get("status", "")).lower() in TERMINAL_STATES
+    return str(study.get("status", "")).lower() in TERMINAL_STATUSES
 
 
 def best_trials(trials: list[dict[str, Any]], top: int) -> list[dict[str, Any]]:
     """Completed trials by descending validation accuracy."""
-    done = [t for t in trials if _state(t) == "complete" and trial_value(t) is not None]
+    done = [t for t in trials if state_of(t) == "complete" and trial_value(t) is not None]
     return sorted(done, key=lambda t: -(trial_value(t) or 0.0))[:top]
-
-
-def display_params(params: dict[str, Any]) -> dict[str, Any]:
-    """Fold Optuna's ``<name>_is_zero`` choice (spec ``include_zero``) back into ``<name>``."""
-    shown: dict[str, Any] = {}
-    for name, value in params.items():
-        if name.endswith("_is_zero"):
-            if value:
-                shown[name.removesuffix("_is_zero")] = 0.0
-        else:
-            shown[name] = value
-    return shown
 
 
 def fmt(value: Any) -> str:
@@ -101,25 +66,47 @@ def format_table(rows: list[list[str]], header: list[str]) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
+def _trials_table(trials: list[dict[str, Any]], value_names: list[str]) -> str:
+    """Trials side by side: params, objective values, flip ratio, seconds."""
+    params = [plain_params(t.get("params") or {}) for t in trials]
+    names = sorted({name for p in params for name in p})
+    header = ["trial", *names, *value_names, "flip_ratio", "seconds"]
+    rows = []
+    for trial, shown in zip(trials, params, strict=True):
+        values = trial.get("values") or []
+        rows.append(
+            [
+                str(trial.get("number", "?")),
+                *[fmt(shown.get(n)) for n in names],
+                *[fmt(values[i] if i < len(values) else None) for i in range(len(value_names))],
+                fmt(metric(trial, "flip_ratio")),
+                fmt(trial_seconds(trial)),
+            ]
+        )
+    return format_table(rows, header)
+
+
 def comparison_table(trials: list[dict[str, Any]], top: int = 5) -> str:
-    """Top trials side by side: params, val accuracy, flip ratio, seconds."""
+    """The ``top`` completed trials by validation accuracy."""
     best = best_trials(trials, top)
     if not best:
         return "(no completed trials yet)"
-    params = [display_params(t.get("params") or {}) for t in best]
-    names = sorted({name for p in params for name in p})
-    header = ["trial", *names, "val_acc", "flip_ratio", "seconds"]
-    rows = [
-        [
-            str(t.get("number", t.get("id", "?"))),
-            *[fmt(p.get(n)) for n in names],
-            fmt(trial_value(t)),
-            fmt(_metric(t, "flip_ratio")),
-            fmt(trial_seconds(t)),
-        ]
-        for t, p in zip(best, params, strict=True)
-    ]
-    return format_table(rows, header)
+    return _trials_table(best, ["val_acc"])
+
+
+def pareto_table(study: dict[str, Any], trials: list[dict[str, Any]]) -> str:
+    """The Pareto-optimal trials of a two-objective study (the API's ``pareto_front``)."""
+    numbers = [p.get("number") for p in study.get("pareto_front") or []]
+    front = [t for t in trials if t.get("number") in numbers]
+    if not front:
+        return "(no completed trials yet)"
+    objectives = (study.get("spec") or {}).get("objectives") or ["val_accuracy"]
+    front.sort(key=lambda t: -(trial_value(t) or 0.0))
+    return _trials_table(front, [_short_name(o) for o in objectives])
+
+
+def _short_name(objective: str) -> str:
+    return {"val_accuracy": "val_acc"}.get(objective, objective)
 
 
 def progress_bar(done: int, total: int, width: int = 30) -> str:
@@ -131,18 +118,28 @@ def progress_bar(done: int, total: int, width: int = 30) -> str:
 def count_states(trials: list[dict[str, Any]]) -> dict[str, int]:
     counts: dict[str, int] = {}
     for trial in trials:
-        counts[_state(trial)] = counts.get(_state(trial), 0) + 1
+        counts[state_of(trial)] = counts.get(state_of(trial), 0) + 1
     return counts
-
-
-def finished_count(counts: dict[str, int]) -> int:
-    """Trials that no longer run (complete, pruned or failed), from :func:`count_states`."""
-    return sum(counts.get(s, 0) for s in FINISHED_TRIAL_STATES)
 
 
 def counts_text(counts: dict[str, int]) -> str:
     """``2 complete, 1 running``: the counts of :func:`count_states` by state name."""
     return ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+
+
+def _running_lines(trials: list[dict[str, Any]], epochs: Any) -> list[str]:
+    lines = []
+    for trial in trials:
+        if state_of(trial) != "running":
+            continue
+        done, accuracy = running_progress(trial)
+        of = f"/{epochs}" if isinstance(epochs, int) else ""
+        where = f"  on {worker}" if (worker := trial_worker(trial)) else ""
+        lines.append(
+            f"running trial {trial.get('number')}: epoch {done or 0}{of}, "
+            f"val_accuracy {fmt(accuracy)}{where}"
+        )
+    return lines
 
 
 def study_summary(study: dict[str, Any], trials: list[dict[str, Any]], top: int = 5) -> str:
@@ -155,21 +152,45 @@ def study_summary(study: dict[str, Any], trials: list[dict[str, Any]], top: int 
     )
     lines = [
         f"study {study.get('id')} {study.get('name', '')!s}  [{study.get('status', '?')}]  {what}",
-        f"trials  {progress_bar(finished_count(counts), total)}  {counts_text(counts)}",
+        f"trials  {progress_bar(finished_count(trials, total), total)}  {counts_text(counts)}",
     ]
     if study.get("error"):  # e.g. a failed study: "all 8 trials failed; first error: ..."
         lines.append(f"error   {study['error']}")
     if study.get("waiting_reason"):  # e.g. "no live worker can train on cuda (...)"
         lines.append(f"waiting {study['waiting_reason']}")
+    lines += _running_lines(trials, spec.get("epochs"))
+    if study.get("pareto_front") is not None:
+        objectives = " and ".join(spec.get("objectives") or [])
+        lines += ["", f"Pareto front ({objectives}):", pareto_table(study, trials)]
+        return "\n".join(lines)
     best = best_trials(trials, top)
     if best:
         lines.append(
             f"best    trial {best[0].get('number')}: val_accuracy {fmt(trial_value(best[0]))}"
         )
-        shown = display_params(best[0].get("params") or {})
+        shown = plain_params(best[0].get("params") or {})
         lines += [f"        {k} = {fmt(v)}" for k, v in shown.items()]
         lines += ["", comparison_table(trials, top)]
     return "\n".join(lines)
+
+
+def studies_table(studies: list[dict[str, Any]]) -> str:
+    """The text ``bnn-tune list`` prints: one row per study, newest first."""
+    if not studies:
+        return "(no studies; submit one with `bnn-tune submit SPEC`)"
+    header = ["id", "name", "status", "optimizer", "trials", "created"]
+    rows = [
+        [
+            str(s.get("id")),
+            str(s.get("name")),
+            str(s.get("status")),
+            str(s.get("optimizer")),
+            f"{s.get('n_claimed', 0)}/{s.get('n_trials', '?')} claimed",
+            str(s.get("created_at", ""))[:19].replace("T", " "),
+        ]
+        for s in studies
+    ]
+    return format_table(rows, header)
 
 
 def _ago(seconds: Any) -> str:

@@ -1,5 +1,6 @@
-"""Child processes for ``bnn-tune demo`` (and the end-to-end tests): a free port, a process that
-is always stopped on exit, and polling with a deadline."""
+"""Ports and child processes for ``bnn-tune``: a free port, a check that a port is free (so a
+busy one is a one-line error, not a server's traceback), a process that is always stopped on
+exit (``demo``), and polling with a deadline."""
 
 from __future__ import annotations
 
@@ -12,15 +13,29 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from worker.cli.errors import CliError
+from service.cli.errors import CliError
 
-__all__ = ["background", "free_port", "stop_process", "wait_until"]
+__all__ = ["background", "check_port_free", "free_port", "stop_process", "wait_until"]
 
 
 def free_port() -> int:
     with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def check_port_free(host: str, port: int) -> None:
+    """CliError naming the port when ``host:port`` cannot be bound (in use, or not allowed)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with contextlib.closing(socket.socket(family, socket.SOCK_STREAM)) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers bind
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise CliError(
+                f"cannot listen on {host}:{port} ({exc.strerror}); "
+                "is another server running there? choose another --port"
+            ) from None
 
 
 @contextlib.contextmanager

@@ -1,7 +1,8 @@
 """``bnn-tune demo``: a whole study end to end on one machine, SQLite + CPU.
 
-The API and the workers run as ``python -m worker.cli`` subprocesses with their logs in the
-output folder; they are stopped on the way out, on errors and Ctrl-C too.
+The API runs as ``python -m service.cli serve`` and each worker as ``python -m worker``, both
+child processes with their logs in the output folder; they are stopped on the way out, on
+errors and Ctrl-C too. This module imports neither the worker nor torch.
 """
 
 from __future__ import annotations
@@ -16,21 +17,22 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from worker.cli.api_client import PLOT_KINDS, Api, fetch_study
-from worker.cli.commands import cmd_migrate, load_spec_file, submit_spec
-from worker.cli.errors import CliError
-from worker.cli.processes import background, free_port, wait_until
-from worker.cli.tables import (
+from service.cli.errors import CliError
+from service.cli.processes import background, free_port, wait_until
+from service.cli.server import cmd_migrate
+from service.cli.studies import load_spec_file
+from service.cli.tables import (
     best_trials,
     comparison_table,
     count_states,
     counts_text,
-    display_params,
-    finished_count,
     fmt,
     is_terminal,
-    trial_value,
 )
+from service.client import Client, ClientError
+from service.client_views import finished_count, plain_params, trial_value
+from service.settings import redact_url
+from service.vocabulary import PLOT_KINDS
 
 if TYPE_CHECKING:
     from service.spec import StudySpec
@@ -88,14 +90,14 @@ def run_demo(spec_path: Path, output: Path, workers: int = 1, top: int = 5) -> i
     cmd_migrate(argparse.Namespace(database_url=url))
     env = {"BNN_TUNE_DATABASE_URL": url, "PYTHONUNBUFFERED": "1"}
     with contextlib.ExitStack() as stack:
-        api = _start_api(stack, output, env)
-        study_id = str(submit_spec(api, spec_path)["id"])
+        client = _start_api(stack, output, env)
+        study_id = int(client.submit(spec_path)["id"])
         _step(f"submitted study {study_id}; starting {workers} worker(s)")
         procs = [_start_worker(stack, output, env, i) for i in range(workers)]
-        follow_study(api, study_id, spec.n_trials, procs, output)
-        study, trials = fetch_study(api, study_id)
+        follow_study(client, study_id, procs, output)
+        study, trials = client.get(study_id), client.trials(study_id)
         completed = _print_results(study, trials, top)
-        _write_plots(api, study_id, output / "plots")
+        _write_plots(client, study_id, output / "plots")
         _step("stopping the worker(s) and the API")
     _print_epilogue(url, output, time.monotonic() - started)
     return 0 if completed else 1
@@ -105,7 +107,7 @@ def _print_header(spec: StudySpec, workers: int, url: str, output: Path) -> None
     print(
         f"BNN-Tune demo: study {spec.name!r}: {spec.optimizer} on {spec.dataset}/{spec.model}, "
         f"{spec.n_trials} trials x {spec.epochs} epochs, {workers} CPU worker(s)\n"
-        f"  database  {url}\n  output    {output}",
+        f"  database  {redact_url(url)}\n  output    {output}",
         flush=True,
     )
 
@@ -121,31 +123,29 @@ def _fresh_sqlite(path: Path) -> str:
     return f"sqlite:///{path}"
 
 
-def _cli_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "worker.cli", *args]
-
-
-def _start_api(stack: contextlib.ExitStack, output: Path, env: dict[str, str]) -> Api:
+def _start_api(stack: contextlib.ExitStack, output: Path, env: dict[str, str]) -> Client:
     port = free_port()
     _step(f"starting the API on http://127.0.0.1:{port}")
-    command = _cli_command("serve", "--port", str(port), "--log-level", "warning")
+    command = [sys.executable, "-m", "service.cli", "serve", "--port", str(port)]
+    command += ["--log-level", "warning"]
     process = stack.enter_context(background(command, output / "api.log", env))
-    api = Api(f"http://127.0.0.1:{port}")
-    stack.callback(api.close)
+    client = stack.enter_context(Client(f"http://127.0.0.1:{port}"))
 
     def healthy() -> bool:
         if process.poll() is not None:
             raise CliError(f"the API exited ({process.returncode}); see {output / 'api.log'}")
-        return api.healthy()
+        return client.healthy()
 
     wait_until(healthy, 60, "the API to answer /health")
-    return api
+    return client
 
 
 def _start_worker(
     stack: contextlib.ExitStack, output: Path, env: dict[str, str], index: int
 ) -> subprocess.Popen[bytes]:
-    command = _cli_command(
+    command = [
+        sys.executable,
+        "-m",
         "worker",
         "--device",
         "cpu",
@@ -153,25 +153,26 @@ def _start_worker(
         f"demo-worker-{index}",
         "--poll-interval",
         "0.5",
-    )
+    ]
     return stack.enter_context(background(command, output / f"worker-{index}.log", env))
 
 
 def follow_study(
-    api: Api,
-    study_id: int | str,
-    total: int,
+    client: Client,
+    study_id: int,
     procs: Sequence[subprocess.Popen[bytes]],
     output: Path,
 ) -> None:
     """A tqdm bar over finished trials until the study ends or its budget is used up."""
     from tqdm import tqdm
 
-    with tqdm(total=total, unit="trial", desc="trials", dynamic_ncols=True) as bar:
+    with tqdm(total=0, unit="trial", desc="trials", dynamic_ncols=True) as bar:
         while True:
-            study, trials = fetch_study(api, study_id)
+            study, trials = client.get(study_id), client.trials(study_id)
+            total = int(study.get("n_trials") or 0)
             counts = count_states(trials)
-            finished = finished_count(counts)
+            finished = finished_count(trials, total)
+            bar.total = total
             bar.update(max(0, finished - bar.n))
             best = best_trials(trials, 1)
             bar.set_postfix(
@@ -202,19 +203,19 @@ def _print_results(study: dict[str, Any], trials: list[dict[str, Any]], top: int
         f"\nBest parameters (trial {best[0].get('number')}, "
         f"val_accuracy {fmt(trial_value(best[0]))}):"
     )
-    for name, value in display_params(best[0].get("params") or {}).items():
+    for name, value in plain_params(best[0].get("params") or {}).items():
         print(f"  {name:<12} {fmt(value)}")
     print(f"\nTop {len(best)} trials:\n{comparison_table(trials, top)}")
     return True
 
 
-def _write_plots(api: Api, study_id: int | str, folder: Path) -> None:
+def _write_plots(client: Client, study_id: int, folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     for kind in PLOT_KINDS:
         try:
-            data = api.plot(study_id, kind, "png")
-        except CliError as exc:
+            data = client.plot(study_id, kind, format="png")
+        except ClientError as exc:
             print(f"  (plot {kind} skipped: {exc})")
             continue
         path = folder / f"{kind}.png"
@@ -227,7 +228,7 @@ def _write_plots(api: Api, study_id: int | str, folder: Path) -> None:
 def _print_epilogue(url: str, output: Path, seconds: float) -> None:
     print(
         f"\nDone in {seconds:.0f} s. Explore the study in optuna-dashboard:\n"
-        f"  bnn-tune dashboard --database-url {url}\n"
+        f"  bnn-tune dashboard --database-url {redact_url(url)}\n"
         f"  then open http://127.0.0.1:8080/dashboard/\n"
         f"Logs: {output}/api.log, {output}/worker-0.log"
     )
