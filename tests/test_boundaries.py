@@ -4,8 +4,9 @@
   service/worker.
 * ``service`` and every submodule (and ``service.app``): never torch/bnn_core/worker, so the API
   image needs no torch.
-* ``worker.cli`` (the ``bnn-tune`` entry point): no torch at import time, and none for
-  ``bnn-tune --help``/``migrate``, which the API image runs.
+* ``service.cli`` (the ``bnn-tune`` entry point, in ``service``): no torch or bnn_core for
+  ``bnn-tune --help`` or the client commands, which the API image runs; its ``worker`` and
+  ``train`` commands come from ``worker.commands`` through an entry point.
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ def test_cli_runs_without_torch(argv: list[str]) -> None:
     code = textwrap.dedent(
         f"""
         import sys
-        from worker.cli import main
+        from service.cli import main
         try:
             main({argv!r})
         except SystemExit:
