@@ -92,7 +92,7 @@ def test_every_example_file_validates(path: Path) -> None:
 
 
 def test_cli_table_names_real_commands() -> None:
-    from worker.cli import build_parser
+    from service.cli import build_parser
 
     parser = build_parser()
     subcommands = next(a for a in parser._actions if a.dest == "command").choices
