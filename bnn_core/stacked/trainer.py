@@ -41,21 +41,19 @@ import time
 import warnings
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..augment import AUGMENT_PAD, crop_flip, epoch_draws, normalize
 from ..config import ConfigError, EpochMetrics, TrainConfig, TrainResult
 from ..data import Dataset
 from ..devices import autocast, synchronize
 from ..schedules import schedule_value
 from ..train import DIVERGENCE_CHECK_EVERY, TrainingDiverged
 from .capture import CAPTURE_MODES
+from .epoch import GroupEpoch
 from .evaluation import evaluate
 from .group import GroupBuilder
 from .network import CONV_IMPLS
@@ -72,34 +70,6 @@ __all__ = [
     "check_stackable",
     "is_stackable",
 ]
-
-
-@dataclass
-class _Epoch:
-    """One group epoch in flight: the host-drawn tables and the device-side sums.
-
-    ``table`` is ``[steps, optimizer.n_rows + 1, N]``: the optimizer's per-trial rows at each
-    step (``StackedOptimizer.row_names``), then the flip-count mask (row ``n_rows``).
-    ``bad_step[n]`` is trial n's first step with a non-finite loss (-1: none)."""
-
-    start: float
-    order: Tensor  # [steps * B, N] image rows
-    offsets: Tensor  # [2, steps * B, N] crop offsets
-    flips: Tensor  # [steps * B, N] horizontal flips
-    table: Tensor
-    first_step: Tensor  # [N] each trial's step number before this epoch
-    loss_sum: Tensor
-    correct: Tensor
-    bad_step: Tensor
-    freed: list[int] = field(default_factory=list)  # slots whose trial ended mid-epoch
-
-    def narrow(self, keep: list[int]) -> None:
-        """After an out-of-memory back-off: only the ``keep`` slots (renumbered from 0)."""
-        self.order, self.flips = self.order[:, keep], self.flips[:, keep]
-        self.offsets, self.table = self.offsets[:, :, keep], self.table[:, :, keep]
-        self.first_step, self.bad_step = self.first_step[keep], self.bad_step[keep]
-        self.loss_sum, self.correct = self.loss_sum[keep], self.correct[keep]
-        self.freed = [i for i in self.freed if i < len(keep)]
 
 
 class StackedTrainer(GroupBuilder, SlotManager):
@@ -148,7 +118,9 @@ class StackedTrainer(GroupBuilder, SlotManager):
         self.oom_backoffs = 0
         self.steps_run = 0
         self.compile_failed: str | None = None
-        self.timings = {"build": 0.0, "train": 0.0, "eval": 0.0}  # seconds, summed over run
+        # Seconds summed over ``run``: building groups, compiling (the first step of a new compiled
+        # network), training steps (compiling included), evaluation and the epoch's host sync.
+        self.timings = {"build": 0.0, "compile": 0.0, "train": 0.0, "eval": 0.0}
 
     # ------------------------------------------------------------------ the run
     def run(
@@ -181,10 +153,13 @@ class StackedTrainer(GroupBuilder, SlotManager):
         return any(slot is not None for slot in self.slots)
 
     # ------------------------------------------------------------------ one group epoch
-    def _train_epoch(self) -> _Epoch:
+    def _train_epoch(self) -> GroupEpoch:
         start = time.perf_counter()
         self.network.train()
-        epoch = self._new_epoch()
+        epoch = GroupEpoch.draw(
+            self.slots, self.optimizer, self.n_train, self.steps_per_epoch, self.batch,
+            self.augment, self.device,
+        )  # fmt: skip
         i = 0
         while i < self.steps_per_epoch:
             out_of_memory = False
@@ -198,12 +173,7 @@ class StackedTrainer(GroupBuilder, SlotManager):
                 # Outside the except block, so the traceback no longer pins the step's tensors.
                 epoch.narrow(self.back_off())
                 continue
-            step = epoch.first_step + (i + 1)
-            epoch.bad_step = torch.where(
-                (epoch.bad_step < 0) & ~torch.isfinite(losses), step, epoch.bad_step
-            )
-            epoch.loss_sum += losses
-            epoch.correct += hits
+            epoch.add(i, losses, hits)
             self.steps_run += 1
             i += 1
             if i < self.steps_per_epoch:
@@ -211,84 +181,14 @@ class StackedTrainer(GroupBuilder, SlotManager):
         self.timings["train"] += time.perf_counter() - start
         return epoch
 
-    def _new_epoch(self) -> _Epoch:
-        n, device = self.n_slots, self.device
-        order, offsets, flips, table = self._epoch_tables()
-        steps = [slot.step if slot is not None else 0 for slot in self.slots]
-        return _Epoch(
-            start=time.perf_counter(), order=order, offsets=offsets, flips=flips, table=table,
-            first_step=torch.tensor(steps, dtype=torch.int64, device=device),
-            loss_sum=torch.zeros(n, device=device),
-            correct=torch.zeros(n, dtype=torch.int64, device=device),
-            bad_step=torch.full((n,), -1, dtype=torch.int64, device=device),
-        )  # fmt: skip
-
-    def _epoch_tables(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Host-side per-slot batch order, augmentation draws and per-step hyperparameters."""
-        n, spe, bs = self.n_slots, self.steps_per_epoch, self.batch
-        order = np.zeros((spe * bs, n), dtype=np.int64)
-        offsets = np.zeros((2, spe * bs, n), dtype=np.int64)
-        flips = np.zeros((spe * bs, n), dtype=bool)
-        rows = self.optimizer.n_rows
-        table = np.zeros((spe, rows + 1, n), dtype=np.float64)
-        table[:, :rows, :] = self.optimizer.idle_row()[None, :, None]
-        for index, slot in enumerate(self.slots):
-            if slot is None:
-                order[:, index] = np.arange(spe * bs) % self.n_train
-                continue
-            draws = epoch_draws(self.n_train, spe * bs, slot.generator, self.augment)
-            order[:, index] = slot.train_index[draws.order[: spe * bs].numpy()]
-            if draws.offsets is not None and draws.flips is not None:
-                offsets[:, :, index] = draws.offsets.numpy()
-                flips[:, index] = draws.flips.numpy()
-            table[:, :, index] = self._slot_table(slot)
-        to = self.device
-        return (
-            torch.from_numpy(order).to(to),
-            torch.from_numpy(offsets).to(to),
-            torch.from_numpy(flips).to(to),
-            torch.from_numpy(table).to(torch.float32).to(to),
-        )
-
-    def _slot_table(self, slot: Slot) -> np.ndarray:
-        """``[spe, n_rows + 1]``: the optimizer rows at the trial's own steps (its schedules
-        evaluated there), then the flip-count mask (the trial's first step is not counted)."""
-        spe = self.steps_per_epoch
-        total = spe * slot.config.epochs
-        steps = slot.step + np.arange(spe)
-        values: dict[str, np.ndarray] = {}
-        for item in slot.scheduled:
-            if item.schedule.kind == "constant":
-                values[item.name] = np.full(spe, float(item.base))
-            else:
-                values[item.name] = np.array(
-                    [schedule_value(item.base, item.schedule, int(s), spe, total) for s in steps]
-                )
-        optimizer_rows = self.optimizer.trial_rows(slot.config.optimizer, values, steps)
-        count = (steps > 0).astype(np.float64)[:, None]
-        return np.concatenate([optimizer_rows, count], axis=1)
-
-    def _step_at(self, epoch: _Epoch, i: int) -> tuple[Tensor, Tensor]:
-        x, y = self._batch(epoch, i)
+    def _step_at(self, epoch: GroupEpoch, i: int) -> tuple[Tensor, Tensor]:
+        x, y = epoch.batch(i, self.x_train, self.y_train, self.batch, self.augment)
         row = epoch.table[i]
         if self._compile_pending:
             return self._first_compiled_step(x, y, row)
         if self._graph is not None:
             return self._graph(x, y, row)
         return self._step(x, y, row)
-
-    def _batch(self, epoch: _Epoch, i: int) -> tuple[Tensor, Tensor]:
-        bs = self.batch
-        index = epoch.order[i * bs : (i + 1) * bs]  # [B, N]
-        x = self.x_train[index]  # [B, N, C, H, W] uint8
-        y = self.y_train[index]
-        if self.augment:
-            shape = x.shape
-            flat = x.reshape(-1, *shape[2:])
-            off = epoch.offsets[:, i * bs : (i + 1) * bs].reshape(2, -1)
-            flip = epoch.flips[i * bs : (i + 1) * bs].reshape(-1)
-            x = crop_flip(flat, off[0], off[1], flip, AUGMENT_PAD).reshape(shape)
-        return normalize(x), y
 
     def _step(self, x: Tensor, y: Tensor, row: Tensor) -> tuple[Tensor, Tensor]:
         with autocast(self.device, self.reference.precision):
@@ -307,6 +207,7 @@ class StackedTrainer(GroupBuilder, SlotManager):
         """The first step after a new compiled network compiles it (forward and backward).
         If torch.compile fails (a backend missing, an unsupported op), train eagerly instead:
         eager computes the same function, only slower, and a trial should not die of it."""
+        start = time.perf_counter()
         try:
             result = self._step(x, y, row)
         except torch.cuda.OutOfMemoryError:
@@ -321,10 +222,12 @@ class StackedTrainer(GroupBuilder, SlotManager):
             self.forward = self.network
             result = self._step(x, y, row)  # the optimizer had not stepped: a clean retry
         self._compile_pending = False
+        synchronize(self.device)
+        self.timings["compile"] += time.perf_counter() - start  # compiling + one step
         return result
 
     # ------------------------------------------------------------------ ending trials
-    def _poll(self, epoch: _Epoch, i: int) -> None:
+    def _poll(self, epoch: GroupEpoch, i: int) -> None:
         """After step ``i`` of the epoch: end the trials asked to stop (each at its own
         ``stop_check_steps``) and, every ``DIVERGENCE_CHECK_EVERY`` steps, the diverged ones."""
         for index, slot in enumerate(self.slots):
@@ -332,22 +235,14 @@ class StackedTrainer(GroupBuilder, SlotManager):
                 continue
             if slot.stop_requested():
                 self._end_trial(index, stopped=True, interrupted=True)
-                self._free_mid_epoch(epoch, index, i)
+                epoch.idle_from(i, index, self.optimizer)
         if i % DIVERGENCE_CHECK_EVERY == 0:
             for index, bad in enumerate(epoch.bad_step.tolist()):
                 slot = self.slots[index]
                 if slot is not None and bad >= 0:
                     error = TrainingDiverged(slot.epoch + 1, bad, slot.history)
                     self._end_trial(index, error=error)
-                    self._free_mid_epoch(epoch, index, i)
-
-    def _free_mid_epoch(self, epoch: _Epoch, index: int, i: int) -> None:
-        """The slot idles (no updates, no flips counted) until the epoch ends and refills it."""
-        rows = self.optimizer.n_rows
-        idle = torch.as_tensor(self.optimizer.idle_row(), dtype=torch.float32)
-        epoch.table[i:, :rows, index] = idle.to(self.device)
-        epoch.table[i:, rows, index] = 0
-        epoch.freed.append(index)
+                    epoch.idle_from(i, index, self.optimizer)
 
     def _end_stopped_trials(self) -> None:
         for index, slot in enumerate(self.slots):
@@ -355,7 +250,7 @@ class StackedTrainer(GroupBuilder, SlotManager):
                 self._end_trial(index, stopped=True, interrupted=True)
                 self.refill(index)
 
-    def _end_epoch(self, epoch: _Epoch) -> None:
+    def _end_epoch(self, epoch: GroupEpoch) -> None:
         """Validate, read the epoch's sums (one sync), then per slot: record the metrics,
         call its callback, end the trial if it is done, refill freed slots."""
         start = time.perf_counter()
