@@ -12,16 +12,18 @@ if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi
 PIP=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
-echo "==> installing torch==2.13.0 (CPU build) and bnn-tune[train,dev]"
-"${PIP[@]}" torch==2.13.0
-"${PIP[@]}" -e '.[train,dev]'
+# Exact versions from requirements/constraints.txt (the ones the images use too).
+echo "==> installing torch==2.13.0 (CPU build) and bnn-tune[train,dev] under requirements/constraints.txt"
+"${PIP[@]}" -c requirements/constraints.txt torch==2.13.0
+"${PIP[@]}" -c requirements/constraints.txt -e '.[train,dev]'
 
 # Debian packages some tests use: Fashion-MNIST files, docker-compose v1 (offline validation of
-# docker-compose.yml, no daemon needed) and Chromium (dashboard screenshot). Tests that need a
+# docker-compose.yml, no daemon needed), kubectl (renders deploy/k8s) and Chromium (dashboard screenshot). Tests that need a
 # missing one are skipped, so a non-root run still works.
 missing=()
 [ -d /usr/share/datasets/fashion-mnist ] || missing+=(dataset-fashion-mnist)
 command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
+command -v kubectl >/dev/null 2>&1 || missing+=(kubernetes-client)  # kubectl kustomize deploy/k8s
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then

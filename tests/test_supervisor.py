@@ -135,7 +135,7 @@ def test_gpus_flag_runs_real_workers(fresh_sqlite_url: str) -> None:
     lines: list[str] = []
     try:
         assert process.stderr is not None
-        while sum("polling" in line for line in lines) < 2:
+        while sum(" on cpu " in line for line in lines) < 2:
             line = process.stderr.readline()
             assert line, "".join(lines)[-3000:]
             lines.append(line)
