@@ -34,7 +34,12 @@ def server(
         yield base_url
 
 
+# What every API client sends: state-changing requests must be JSON (415 otherwise), also
+# the ones without a body such as POST .../stop.
+JSON_HEADERS = {"Content-Type": "application/json"}
+
+
 @pytest.fixture
 def client(server: str) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server, timeout=30) as http:
+    with httpx.Client(base_url=server, timeout=30, headers=JSON_HEADERS) as http:
         yield http
