@@ -117,6 +117,8 @@ class Client:
         """One request under /api/v1: the decoded JSON, or the bytes of any other body."""
         import httpx
 
+        if method != "GET" and "json" not in kwargs:  # state changes are JSON-only (no
+            kwargs["json"] = {}  # cross-site form can send them), bodiless ones included
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.TransportError as exc:

@@ -1,21 +1,30 @@
-"""``bnn-tune``: --help everywhere, one-line errors with exit status 2, and the REST client
-commands (submit, status, plot) against a real API server."""
+"""``bnn-tune``: --help everywhere, one-line errors with exit status 2 (bad arguments, bad URLs,
+busy ports, closed pipes, a missing worker package), and the REST client commands against a
+real API server on PostgreSQL."""
 
 from __future__ import annotations
 
+import csv
+import json
+import socket
 import subprocess
 import sys
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
+from typing import Any
 
+import optuna
 import pytest
 import yaml
+from optuna.trial import TrialState
 
 from service.cli import build_parser, main
 from service.cli.tables import comparison_table, study_summary
+from service.client import Client
 
 ROOT = Path(__file__).resolve().parent.parent
+GAMMA = optuna.distributions.FloatDistribution(1e-5, 1e-1, log=True)
 BNN_TUNE = str(Path(sys.executable).parent / "bnn-tune")
 SUBCOMMANDS = [
     "demo",
@@ -27,6 +36,11 @@ SUBCOMMANDS = [
     "plot",
     "dashboard",
     "migrate",
+    "list",
+    "stop",
+    "delete",
+    "resume",
+    "export",
 ]
 
 
@@ -119,6 +133,10 @@ def test_unreachable_api_is_one_line(tmp_path: Path) -> None:
         ["serve", "--port", "0"],
         ["worker", "--compile", "sometimes"],
         ["worker", "--max-trials", "0"],
+        ["export", "1", "--format", "xml"],
+        ["resume", "1", "--add-trials", "0"],
+        ["status", "9223372036854775808"],
+        ["dashboard", "--port", "70000"],
     ],
 )
 def test_bad_arguments_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
@@ -148,7 +166,8 @@ def test_bnn_tune_worker_and_python_m_worker_take_the_same_flags() -> None:
 def test_every_subcommand_has_a_handler() -> None:
     parser = build_parser()
     for command in SUBCOMMANDS:
-        extra = {"submit": ["x.yaml"], "status": ["1"], "plot": ["1", "--kind", "params"]}
+        extra = {"submit": ["x.yaml"], "plot": ["1", "--kind", "params"]}
+        extra.update({c: ["1"] for c in ("status", "stop", "delete", "resume", "export")})
         argv = [command, *extra.get(command, [])]
         if command == "plot":
             argv += ["--out", "x.png"]
@@ -160,12 +179,14 @@ def test_every_subcommand_has_a_handler() -> None:
 
 @pytest.fixture
 def api_url(
-    fresh_sqlite_url: str, live_server: Callable[..., AbstractContextManager[str]]
+    fresh_postgres_url: str, live_server: Callable[..., AbstractContextManager[str]]
 ) -> object:
     from service.app import create_app
     from service.settings import Settings
 
-    with live_server(create_app(Settings(database_url=fresh_sqlite_url, max_trials=50))) as url:
+    # No reaper: the tests write RUNNING trials with Optuna directly, without a worker.
+    settings = Settings(database_url=fresh_postgres_url, max_trials=50, reaper_interval_s=0)
+    with live_server(create_app(settings)) as url:
         yield url
 
 
@@ -220,7 +241,7 @@ def _register_cpu_worker(url: str) -> None:
 
 
 def test_status_says_why_a_cuda_study_waits_and_workers_lists_them(
-    api_url: str, fresh_sqlite_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    api_url: str, fresh_postgres_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert main(["workers", "--api-url", api_url]) == 0
     assert "no workers registered" in capsys.readouterr().out
@@ -228,7 +249,7 @@ def test_status_says_why_a_cuda_study_waits_and_workers_lists_them(
     study_id = capsys.readouterr().out.strip()
     assert main(["status", study_id, "--api-url", api_url]) == 0
     assert "waiting no live worker\n" in capsys.readouterr().out + "\n"
-    _register_cpu_worker(fresh_sqlite_url)  # the same database as the server's
+    _register_cpu_worker(fresh_postgres_url)  # the same database as the server's
     assert main(["status", study_id, "--api-url", api_url]) == 0
     out = capsys.readouterr().out
     assert "waiting no live worker can train on cuda (live workers: 1 on cpu)" in out
@@ -349,11 +370,185 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
 def test_embedded_demo_spec_is_the_example(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from service.spec import load_spec, parse_spec
     from service.cli import demo
+    from service.spec import load_spec, parse_spec
 
     example = load_spec(ROOT / "examples" / "digits-bop.yaml")
     assert demo.DEFAULT_DEMO_SPEC == ROOT / "examples" / "digits-bop.yaml"
     assert parse_spec(demo.EMBEDDED_DEMO_SPEC) == example
     monkeypatch.setattr(demo, "DEFAULT_DEMO_SPEC", tmp_path / "missing.yaml")
     assert load_spec(demo._default_demo_spec(tmp_path / "out")) == example
+
+
+# --- one line, never a traceback ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "hint"),
+    [
+        ("localhost:8000", "has no scheme; use 'http://localhost:8000'"),
+        ("http://127.0.0.1:8000/api/v1", "use 'http://127.0.0.1:8000'"),
+    ],
+)
+def test_bad_api_url_is_one_line_with_a_hint(url: str, hint: str) -> None:
+    result = _run("status", "1", "--api-url", url)
+    assert result.returncode == 2
+    assert result.stderr.startswith("bnn-tune status: error: --api-url: ")
+    assert hint in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_busy_port_is_one_line(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = str(busy.getsockname()[1])
+        for command in ("dashboard", "serve"):
+            url = f"sqlite:///{tmp_path / 'x.db'}"
+            assert main([command, "--port", port, "--database-url", url]) == 2
+            err = capsys.readouterr().err
+            assert err.startswith(f"bnn-tune {command}: error: cannot listen on 127.0.0.1:{port}")
+            assert len(err.strip().splitlines()) == 1
+
+
+def test_closed_pipe_is_quiet(api_url: str, tmp_path: Path) -> None:
+    """`bnn-tune status ID | head -0`: the reader is gone before the first write."""
+    assert main(["submit", "-q", str(_spec(tmp_path)), "--api-url", api_url]) == 0
+    process = subprocess.Popen(
+        [BNN_TUNE, "status", "1", "--api-url", api_url],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None and process.stderr is not None
+    process.stdout.close()
+    err = process.stderr.read()
+    assert process.wait(timeout=60) == 141
+    assert err == ""
+
+
+def test_missing_worker_package_is_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An image without the worker package: no entry point contributes worker/train."""
+    from service.cli import plugins
+
+    monkeypatch.setattr(plugins, "entry_points", lambda group: [])
+    for argv in (["worker", "--once"], ["train", "--help"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"bnn-tune {argv[0]}: error: the worker package is not installed")
+        assert "pip install 'bnn-tune[train]'" in err and len(err.strip().splitlines()) == 1
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "worker    run a training worker" in capsys.readouterr().out
+
+
+# --- the study verbs against a real server ---------------------------------------------------
+
+
+def _optuna_study(api_url: str, db_url: str, study_id: str) -> optuna.Study:
+    with Client(api_url) as client:
+        name = client.get(int(study_id))["optuna_study_name"]
+    return optuna.load_study(study_name=name, storage=db_url)
+
+
+def _submit(api_url: str, path: Path, capsys: pytest.CaptureFixture[str]) -> str:
+    assert main(["submit", "-q", str(path), "--api-url", api_url]) == 0
+    return capsys.readouterr().out.strip()
+
+
+def _finished(value: list[float] | None, state: TrialState = TrialState.COMPLETE, **system: Any):
+    return optuna.trial.create_trial(
+        state=state,
+        values=value,
+        params={"gamma": 1e-3 if value is None else value[0] / 100},
+        distributions={"gamma": GAMMA},
+        user_attrs={"seconds": 1.5, "worker_id": "w1", "flip_ratio": 0.01},
+        system_attrs=system,
+    )
+
+
+def test_list_stop_delete(
+    api_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    study_id = _submit(api_url, _spec(tmp_path), capsys)
+    assert main(["list", "--api-url", api_url]) == 0
+    rows = capsys.readouterr().out.splitlines()
+    assert rows[0].split() == ["id", "name", "status", "optimizer", "trials", "created"]
+    assert rows[2].split()[:5] == [study_id, "digits-bop-demo", "queued", "bop", "0/10"]
+    assert main(["stop", study_id, "--api-url", api_url]) == 0
+    assert capsys.readouterr().out.startswith(f"study {study_id} digits-bop-demo: stop")
+    assert main(["delete", study_id, "--api-url", api_url]) == 0
+    assert capsys.readouterr().out == f"study {study_id} digits-bop-demo: deleted\n"
+    assert main(["list", "--api-url", api_url]) == 0
+    assert "no studies" in capsys.readouterr().out
+    assert main(["list", "--status", "deleted", "--json", "--api-url", api_url]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["id"] == int(study_id)
+    # A deleted study cannot be stopped: the API's 4xx, as one line.
+    assert main(["stop", study_id, "--api-url", api_url]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("bnn-tune stop: error: HTTP 4") and len(err.splitlines()) == 1
+
+
+def test_export_csv_and_json_match_optuna(
+    api_url: str, fresh_postgres_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    study_id = _submit(api_url, _spec(tmp_path), capsys)
+    study = _optuna_study(api_url, fresh_postgres_url, study_id)
+    for trial in (_finished([0.9]), _finished(None, TrialState.FAIL), _finished([0.95])):
+        study.add_trial(trial)
+    out = tmp_path / "trials.csv"
+    assert main(["export", study_id, "--out", str(out), "--api-url", api_url]) == 0
+    with out.open() as handle:
+        rows = list(csv.DictReader(handle))
+    reference = study.trials_dataframe()
+    assert [int(r["number"]) for r in rows] == list(reference["number"])
+    assert [r["state"] for r in rows] == list(reference["state"])
+    assert [float(r["params_gamma"]) for r in rows] == list(reference["params_gamma"])
+    assert rows[0]["value_val_accuracy"] == "0.9" and rows[1]["value_val_accuracy"] == ""
+    assert rows[2]["flip_ratio"] == "0.01" and rows[2]["seconds"] == "1.5"
+    assert rows[2]["worker"] == "w1"
+    assert main(["export", study_id, "--format", "json", "--api-url", api_url]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert [d["value_val_accuracy"] for d in data] == [0.9, None, 0.95]
+
+
+def test_status_counts_budget_slots_and_shows_running_trials(
+    api_url: str, fresh_postgres_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A failed trial retried twice counts once (2/2, not 4/2); a running trial shows its
+    epoch k/N and current validation accuracy."""
+    study_id = _submit(api_url, _spec(tmp_path, n_trials=2), capsys)
+    study = _optuna_study(api_url, fresh_postgres_url, study_id)
+    study.add_trial(_finished(None, TrialState.FAIL))
+    study.add_trial(_finished(None, TrialState.FAIL, failed_trial=0, retry_history=[0]))
+    study.add_trial(_finished([0.9], failed_trial=0, retry_history=[0, 1]))
+    study.add_trial(_finished([0.8]))
+    running = study.ask({"gamma": GAMMA})
+    running.set_user_attr(
+        "epochs", [{"epoch": e, "val_accuracy": 0.5 + e / 10} for e in (1, 2, 3)]
+    )
+    running.set_user_attr("worker_id", "box-7")
+    running.report(0.8, 3)
+    assert main(["status", study_id, "--api-url", api_url]) == 0
+    out = capsys.readouterr().out
+    assert "] 2/2  2 complete, 2 fail, 1 running" in out
+    assert "running trial 4: epoch 3/6, val_accuracy 0.8  on box-7" in out
+
+
+def test_status_shows_the_pareto_front(
+    api_url: str, fresh_postgres_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec = _spec(tmp_path, objectives=["val_accuracy", "flip_ratio"], pruner={"name": "none"})
+    study_id = _submit(api_url, spec, capsys)
+    study = _optuna_study(api_url, fresh_postgres_url, study_id)
+    for values in ([0.9, 0.02], [0.8, 0.01], [0.7, 0.03]):  # the last is dominated
+        study.add_trial(_finished(values))
+    assert main(["status", study_id, "--api-url", api_url]) == 0
+    out = capsys.readouterr().out
+    assert "Pareto front (val_accuracy and flip_ratio):" in out
+    table = out.split("Pareto front (val_accuracy and flip_ratio):\n")[1].splitlines()
+    assert table[0].split() == ["trial", "gamma", "val_acc", "flip_ratio", "flip_ratio", "seconds"]
+    assert [line.split()[0] for line in table[2:]] == ["0", "1"]
+    assert "best    trial" not in out

@@ -39,7 +39,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = _raw_command(parser, argv) or parser.parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        status = int(args.func(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, not in Python's exit-time flush
+        return status
     except (CliError, ClientError) as exc:
         print(f"bnn-tune {args.command}: error: {exc}", file=sys.stderr)
         return 2
