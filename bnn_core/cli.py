@@ -1,7 +1,10 @@
 """``bnn-train`` / ``python -m bnn_core``: train one binary network and print a per-epoch table.
 
-Bad input (unknown model, negative gamma, missing data directory ...) gives a one-line message
-on stderr and exit code 2; a diverged run exits 1.
+``--recipe NAME`` runs one of the papers' protocols (``bnn_core.recipes``; ``--list-recipes``);
+options given with it override the recipe (epochs, data root, device, optimizer values ...).
+Every scheduled hyperparameter has a ``--<name>-schedule KIND[:key=value,...]`` option
+(``bnn_core.config.Schedule.parse``). Bad input (unknown model, negative gamma, missing data
+set ...) gives a one-line message on stderr and exit code 2; a diverged run exits 1.
 """
 
 from __future__ import annotations
@@ -14,15 +17,20 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from .config import (
+    EVAL_PROTOCOLS,
     LATENT_LR_SCALINGS,
     OPTIMIZER_NAMES,
+    SCHEDULE_KINDS,
+    SCHEDULED_HYPERPARAMETERS,
     ConfigError,
     EpochMetrics,
     OptimizerConfig,
+    Schedule,
     TrainConfig,
 )
 from .data import DATASET_NAMES
 from .models import MODEL_NAMES
+from .recipes import RECIPE_NAMES, RECIPES, get_recipe
 from .train import TrainingDiverged, train
 
 __all__ = ["main", "build_parser", "config_from_args"]
@@ -51,7 +59,24 @@ OPTIMIZER_OPTIONS = (
     "latent_weight_clip",
     "latent_lr_scaling",
     "real_lr",
+    "decoupled_weight_decay",
+    "bias_correction",
 )
+# Defaults of the options that a recipe sets itself (None in the parser, so that a recipe can
+# tell which ones were given).
+RUN_DEFAULTS = {"model": "mlp", "dataset": "digits", "epochs": 10, "batch_size": 50}
+# TrainConfig fields a recipe takes from the command line when given.
+RECIPE_OVERRIDES = (
+    "epochs", "batch_size", "data_root", "download", "seed", "precision",
+    "max_train_samples", "augment", "channels_last", "compile", "eval_protocol", "val_fraction",
+)  # fmt: skip
+
+
+def _schedule(text: str) -> Schedule:
+    try:
+        return Schedule.parse(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 class _Parser(argparse.ArgumentParser):
@@ -61,8 +86,14 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog=PROG, description="Train a binary neural network (Bop, CEMA, latent).")
-    p.add_argument("--model", default="mlp", choices=MODEL_NAMES)
-    p.add_argument("--dataset", default="digits", choices=DATASET_NAMES)
+    p.add_argument(
+        "--recipe",
+        choices=RECIPE_NAMES,
+        help="run a paper's published protocol (see --list-recipes); other options override it",
+    )
+    p.add_argument("--list-recipes", action="store_true", help="list the recipes and exit")
+    p.add_argument("--model", default=None, choices=MODEL_NAMES, help="default mlp")
+    p.add_argument("--dataset", default=None, choices=DATASET_NAMES, help="default digits")
     p.add_argument(
         "--data-root",
         default=None,
@@ -73,16 +104,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--download", action="store_true", help="fetch the dataset into the data root if missing"
     )
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=50)
-    p.add_argument("--optimizer", default="bop", choices=OPTIMIZER_NAMES)
+    p.add_argument("--epochs", type=int, default=None, help="default 10")
+    p.add_argument("--batch-size", type=int, default=None, help="default 50")
+    p.add_argument("--optimizer", default=None, choices=OPTIMIZER_NAMES, help="default bop")
     p.add_argument("--gamma", type=float, help="Bop/Bop2 adaptivity, CEMA first EMA rate")
     p.add_argument("--threshold", "--tau", type=float, dest="threshold", help="Bop threshold")
     p.add_argument("--sigma", type=float, help="Bop2ndOrder second-moment rate")
-    p.add_argument("--alpha", type=float, help="CEMA second EMA rate (decays linearly)")
+    p.add_argument("--alpha", type=float, help="CEMA second EMA rate (see --alpha-schedule)")
+    p.add_argument(
+        "--bias-correction", action="store_true", default=None, help="Bop2ndOrder 'unbiased'"
+    )
     p.add_argument("--lr", type=float, help="latent-weight learning rate")
     p.add_argument("--momentum", type=float, help="latent SGD momentum")
     p.add_argument("--weight-decay", type=float, help="latent weight decay")
+    p.add_argument(
+        "--decoupled-weight-decay",
+        action="store_true",
+        default=None,
+        help="decoupled weight decay (SGDW/AdamW) instead of L2 in the gradient; latent-sgd "
+        "with it is exactly the cascaded filter with gamma = 1 - momentum, alpha = lr * wd",
+    )
     p.add_argument("--latent-init-scale", type=float, help="U(-s, s) latent init")
     p.add_argument(
         "--latent-weight-clip",
@@ -96,52 +137,85 @@ def build_parser() -> argparse.ArgumentParser:
         help="per-layer latent lr multiplier: none (default) or xavier (BinaryConnect)",
     )
     p.add_argument("--real-lr", type=float, help="Adam lr of the real parameters")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
-    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
-    p.add_argument("--val-fraction", type=float, default=0.1)
+    schedules = p.add_argument_group(
+        "schedules",
+        f"KIND[:key=value,...], KIND one of {', '.join(SCHEDULE_KINDS)}; keys factor, "
+        "every_epochs (staircase), end_value (linear, cosine, linear-epoch, polynomial), "
+        "power (polynomial). Evaluated per step. E.g. staircase:factor=0.1,every_epochs=100",
+    )
+    for name in SCHEDULED_HYPERPARAMETERS:
+        flags = [f"--{name.replace('_', '-')}-schedule"]
+        if name == "threshold":
+            flags.append("--tau-schedule")
+        schedules.add_argument(*flags, dest=f"{name}_schedule", type=_schedule, metavar="SCHEDULE")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N or auto (default)")
+    p.add_argument("--precision", default=None, choices=("fp32", "bf16"))
+    p.add_argument(
+        "--eval-protocol",
+        default=None,
+        choices=EVAL_PROTOCOLS,
+        help="holdout (default): validate on a held-out 10%% of the training set; test: "
+        "REPRODUCTION MODE, train on the whole training set and report the test set as val "
+        "(choosing hyperparameters on it is tuning on the test set)",
+    )
+    p.add_argument("--val-fraction", type=float, default=None, help="default 0.1 (holdout)")
     p.add_argument("--max-train-samples", type=int, default=None)
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--width", type=float, default=None, help="channel multiplier (conv nets)")
     p.add_argument("--hidden", type=int, default=None, help="hidden units (mlp)")
-    p.add_argument("--channels-last", action="store_true")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--channels-last", action="store_true", default=None)
+    p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
     p.add_argument("--test", action="store_true", help="report test accuracy at the end")
     p.add_argument("--json", metavar="PATH", help="write the TrainResult as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
 
+def _given(args: argparse.Namespace, names: Sequence[str]) -> dict[str, Any]:
+    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+
+
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """Build the TrainConfig (raises ConfigError naming the field)."""
-    given = {k: getattr(args, k) for k in OPTIMIZER_OPTIONS if getattr(args, k) is not None}
-    return TrainConfig(
-        model=args.model,
-        dataset=args.dataset,
-        data_root=args.data_root,
-        download=args.download,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        optimizer=OptimizerConfig(name=args.optimizer, **given),
-        seed=args.seed,
-        val_fraction=args.val_fraction,
-        augment=args.augment,
-        device=args.device,
-        precision=args.precision,
-        channels_last=args.channels_last,
-        compile=args.compile,
-        max_train_samples=args.max_train_samples,
-        evaluate_test=args.test,
-    )
+    """Build the TrainConfig (raises ConfigError naming the field).
+
+    Without ``--recipe``: the options, with ``RUN_DEFAULTS`` and the optimizer family's
+    defaults for what is not given. With it: the recipe, overridden by the options given.
+    """
+    schedules = tuple(f"{name}_schedule" for name in SCHEDULED_HYPERPARAMETERS)
+    optimizer_values = _given(args, OPTIMIZER_OPTIONS + schedules)
+    run_values = _given(args, RECIPE_OVERRIDES)
+    common = {"device": args.device or "auto", "evaluate_test": args.test}
+    if args.recipe is None:
+        run = {**RUN_DEFAULTS, **_given(args, ("model", "dataset")), **run_values}
+        run.update(common)
+        optimizer = OptimizerConfig(name=args.optimizer or "bop", **optimizer_values)
+        return TrainConfig(optimizer=optimizer, **run)
+    run_values.update(common)
+    fixed = [f"--{name}" for name in ("model", "dataset", "optimizer") if getattr(args, name)]
+    if fixed:
+        raise ConfigError("recipe", f"{args.recipe} fixes {', '.join(fixed)}; leave them out")
+    base = get_recipe(args.recipe).build()
+    optimizer = dataclasses.replace(base.optimizer, **optimizer_values)
+    return dataclasses.replace(base, optimizer=optimizer, **run_values)
 
 
-def _model_options(args: argparse.Namespace) -> dict[str, Any]:
-    if args.model == "mlp":
+def list_recipes() -> str:
+    """One line per recipe: name, published top-1 it should reach, summary."""
+    lines = []
+    for recipe in RECIPES.values():
+        target = "no number" if recipe.target is None else f"{recipe.target:.1%}"
+        lines.append(f"{recipe.name:26} {target:>11}  {recipe.summary}")
+    return "\n".join(lines)
+
+
+def _model_options(args: argparse.Namespace, model: str) -> dict[str, Any]:
+    if model == "mlp":
         if args.width is not None:
             raise ConfigError("width", "mlp has no width; use --hidden")
         return {} if args.hidden is None else {"hidden": args.hidden}
     if args.hidden is not None:
-        raise ConfigError("hidden", f"{args.model} has no hidden size; use --width")
+        raise ConfigError("hidden", f"{model} has no hidden size; use --width")
     if args.width is not None and not args.width > 0:
         raise ConfigError("width", f"must be > 0, got {args.width!r}")
     return {} if args.width is None else {"width": args.width}
@@ -196,12 +270,19 @@ class _Progress:
 
 def _run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
-    options = _model_options(args)
+    options = _model_options(args, config.model)
     print(
         f"{PROG}: {config.model} on {config.dataset}, optimizer {config.optimizer.name}, "
-        f"{config.epochs} epochs, batch {config.batch_size}, seed {config.seed}",
+        f"{config.epochs} epochs, batch {config.batch_size}, seed {config.seed}"
+        + (f" (recipe {args.recipe})" if args.recipe else ""),
         flush=True,
     )
+    if config.eval_protocol == "test":
+        print(
+            f"{PROG}: eval protocol 'test' (reproduction mode): trained on the whole training "
+            "set; val_* columns are the TEST set, do not tune on them",
+            flush=True,
+        )
     table = _Table(config.optimizer.name)
     progress = _Progress(args.no_progress)
 
@@ -225,6 +306,9 @@ def _run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.list_recipes:
+        print(list_recipes())
+        return 0
     try:
         return _run(args)
     except ConfigError as exc:

@@ -53,8 +53,8 @@ def schedule_value(
 
 
 def _interpolate(base: float, end: float, weight: float) -> float:
-    """``base`` at weight 1, ``end`` at weight 0."""
-    return end + (base - end) * weight
+    """``base`` at weight 1, ``end`` at weight 0, both exactly (also when ``end > base``)."""
+    return base * weight + end * (1.0 - weight)
 
 
 def _check_arguments(step: int, steps_per_epoch: int, total_steps: int) -> None:
