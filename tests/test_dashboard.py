@@ -1,8 +1,11 @@
 """``bnn-tune dashboard``: real optuna-dashboard on the BNN-Tune PostgreSQL database, checked
-over HTTP (and in headless Chromium when it is installed)."""
+over HTTP (and in headless Chromium when it is installed). The database URL, with a password,
+is given through the environment: it must appear neither in the output nor on any command
+line (``ps``)."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -20,6 +23,7 @@ from service.cli.processes import free_port
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
 BNN_TUNE = str(Path(sys.executable).parent / "bnn-tune")
+PASSWORD = "s3cret-dashboard-pw"  # the test server trusts every local login and ignores it
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
@@ -38,12 +42,15 @@ def study_db(postgres_url: str) -> tuple[str, str]:
 @pytest.fixture(scope="module")
 def dashboard(study_db: tuple[str, str]) -> Iterator[tuple[str, subprocess.Popen, str]]:
     url, name = study_db
+    with_password = url.replace("://postgres@", f"://postgres:{PASSWORD}@", 1)
+    assert PASSWORD in with_password
     port = free_port()
     process = subprocess.Popen(
-        [BNN_TUNE, "dashboard", "--database-url", url, "--port", str(port)],
+        [BNN_TUNE, "dashboard", "--port", str(port)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        env={**os.environ, "BNN_TUNE_DATABASE_URL": with_password},
     )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -69,11 +76,30 @@ def _wait_for(url: str, process: subprocess.Popen, timeout: float = 60) -> None:
     raise AssertionError(f"{url} did not answer within {timeout}s")
 
 
-def test_prints_the_url(dashboard: tuple[str, subprocess.Popen, str]) -> None:
+def test_prints_the_url_without_the_password(
+    dashboard: tuple[str, subprocess.Popen, str],
+) -> None:
     base, process, _ = dashboard
     assert process.stdout is not None
     first = process.stdout.readline() + process.stdout.readline()
     assert f"{base}/dashboard/" in first
+    assert "optuna-dashboard on postgresql+psycopg://postgres:***@127.0.0.1" in first
+    assert PASSWORD not in first
+
+
+def test_no_command_line_holds_the_password(
+    dashboard: tuple[str, subprocess.Popen, str],
+) -> None:
+    """What `ps` shows of the dashboard process and of any child it started."""
+    _, process, _ = dashboard
+    pids = [process.pid]
+    children = Path(f"/proc/{process.pid}/task/{process.pid}/children")
+    if children.exists():
+        pids += [int(p) for p in children.read_text().split()]
+    for pid in pids:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        assert "dashboard" in argv or pid != process.pid
+        assert PASSWORD not in argv and "postgres" not in argv, argv
 
 
 def test_lists_the_study(dashboard: tuple[str, subprocess.Popen, str]) -> None:
