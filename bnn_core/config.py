@@ -168,6 +168,10 @@ class OptimizerConfig:
     ``latent-adam`` / ``latent-sgd``: lr, momentum (sgd), weight_decay, decoupled_weight_decay,
     latent_init_scale, latent_weight_clip, latent_lr_scaling.
     A rate left unset (None) takes its family's default (``FAMILY_DEFAULTS``).
+    ``latent-sgd`` with ``decoupled_weight_decay`` is the exact latent twin of ``filter``
+    (gamma = 1 - momentum, alpha = lr * weight_decay) while every latent weight stays in
+    [-1, 1]; the clipped straight-through estimator gives weights beyond it no gradient, which
+    breaks the equivalence, and so does ``latent_weight_clip``.
     Every hyperparameter ``h`` in ``SCHEDULED_HYPERPARAMETERS`` follows ``h_schedule`` per step.
 
     ``latent_weight_clip`` (default None: no clipping, the ICLR/ReActNet-style baseline) clamps

@@ -1,7 +1,10 @@
 """Binary network architectures.
 
 * ``binarynet``: the Bop paper's CIFAR-10 BinaryNet (Courbariaux et al. VGG-style).
-* ``resnet``: a small Bi-Real-style binary ResNet for CIFAR-sized inputs.
+* ``resnet``: a small Bi-Real-style binary ResNet for CIFAR-sized inputs. It matches no
+  paper's model (the papers' ResNets are ImageNet Bi-Real Net-18 and ReActNet): 3 stages of
+  16/32/64 channels, 2 units each, a real stem and classifier. Use it for quick residual
+  experiments, not to reproduce a published number.
 * ``mlp``: a three-layer binary perceptron (digits, MNIST-sized inputs).
 * ``conv-small``: a small binary conv net for 8x8 and 28x28 inputs.
 
@@ -204,7 +207,12 @@ class BinaryResNet(nn.Module):
 
 
 def resnet(input_shape: InputShape, num_classes: int, width: float = 1.0) -> BinaryResNet:
-    """Binary ResNet with stages 16/32/64 (times ``width``), two units per stage."""
+    """Bi-Real-style binary ResNet (stages 16/32/64 times ``width``, two units per stage).
+
+    Not a paper model: it borrows Bi-Real Net's unit (binary 3x3 conv on ``approx_sign``,
+    BatchNorm, identity or AvgPool + real 1x1 conv shortcut) at a CIFAR-10-sized depth and
+    width; no published number belongs to it.
+    """
     return BinaryResNet(input_shape, num_classes, width=width)
 
 

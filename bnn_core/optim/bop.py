@@ -29,7 +29,8 @@ class Bop(BinaryOptimizer):
     flip (after a flip :math:`w m = -|m| < \tau`: hysteresis).
 
     With :math:`\tau = 0` Bop is latent-weight SGD with weight decay and no momentum,
-    :math:`\eta\lambda = \gamma`, with :math:`m = -\lambda\theta`.
+    :math:`\eta\lambda = \gamma`, with :math:`m = -\lambda\theta`, as long as the latent
+    weights' clipped straight-through estimator passes the gradient (:math:`|\theta| \le 1`).
 
     Only binary weights (exactly +-1) are accepted; batch-norm and other real parameters go to
     Adam. ``gamma`` and ``threshold`` live in the param groups so that a schedule can set them

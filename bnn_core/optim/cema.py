@@ -28,7 +28,9 @@ class CEMA(BinaryOptimizer):
 
     With :math:`\gamma = 1 - \mu` and :math:`\alpha_t = \eta_t\lambda` it gives the same binary
     weights as latent SGD with momentum :math:`\mu`, learning rate :math:`\eta_t` and decoupled
-    weight decay :math:`\lambda`, for :math:`x_0 = -\lambda(1-\mu)\theta_0`.
+    weight decay :math:`\lambda`, for :math:`x_0 = -\lambda(1-\mu)\theta_0`, while every
+    :math:`|\theta| \le 1`: beyond it the latent layers' clipped straight-through estimator
+    gives the latent weight no gradient, and the two part ways.
     Start from such a state with :meth:`set_state`. From zero state, step 1 sets every weight
     with :math:`g_1 \ne 0` to :math:`-\mathrm{sign}(g_1)` (about 50 % flips).
 

@@ -5,6 +5,14 @@ model is switched with ``bnn_core.layers.use_latent_weights``). Plain ``torch.op
 AdamW and SGD are used as they are; this module adds SGDW (decoupled weight decay, the form
 that maps exactly onto CEMA), the hyperparameter mappings, and BinaryConnect's
 per-layer Xavier learning-rate multiplier (``xavier_lr_multiplier``).
+
+Where the equivalences hold: they assume the latent weight receives the gradient of the binary
+weight unchanged. The latent layers use ``ste_sign``, whose gradient is ``1{|theta| <= 1}``:
+once ``|theta| > 1`` the latent weight gets no gradient (only weight decay shrinks it back),
+while the filter's state keeps integrating it, so the binary weights part ways from then on.
+They are exact while every ``|theta|`` stays <= 1 (small learning rates, enough weight
+decay). A ``latent_weight_clip`` keeps ``|theta|`` <= clip but is itself a nonlinearity on
+the state that the filter does not have, so clipped latent training is not exactly a filter.
 """
 
 from __future__ import annotations
@@ -55,7 +63,8 @@ class SGDW(Optimizer):
     :math:`\alpha_t = \eta_t\lambda` exactly, also for a time-varying :math:`\eta_t`.
     ``torch.optim.SGD(weight_decay=...)`` instead adds
     :math:`\lambda\theta` to the gradient (coupled L2), which maps onto CEMA only for constant
-    :math:`\eta`.
+    :math:`\eta`. Both equivalences hold while the clipped straight-through estimator passes
+    the gradient, i.e. while :math:`|\theta| \le 1` (see the module docstring).
     """
 
     def __init__(
@@ -101,6 +110,9 @@ def sgd_to_filter(
     * coupled (``torch.optim.SGD`` L2): ``alpha, gamma`` are the roots of
       ``z^2 - (1 - mu + lr wd) z + lr wd`` (``alpha`` the smaller); exact for constant ``lr``,
       with ``m0 = x0 = -wd theta0``.
+
+    Exact while every latent weight stays in [-1, 1], where ``ste_sign`` passes its gradient
+    unchanged; beyond it the latent weight gets no gradient and the twins part ways.
 
     Raises ``ValueError`` when no real filter exists: ``weight_decay == 0`` (the latent weight is
     then a pure integrator), complex roots (strongly under-damped momentum), or
