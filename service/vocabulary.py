@@ -96,7 +96,7 @@ OBJECTIVE_DIRECTIONS: dict[str, str] = {
     "time": "minimize",
 }
 
-PlotKind = Literal["params", "curves", "flips"]
+PlotKind = Literal["params", "curves", "flips", "importance", "pareto", "filter", "layer-flips"]
 PLOT_KINDS: tuple[str, ...] = get_args(PlotKind)
 PlotFormat = Literal["png", "svg"]
 PLOT_FORMATS: tuple[str, ...] = get_args(PlotFormat)
