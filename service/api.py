@@ -1,13 +1,18 @@
-"""Routes under /api/v1 (studies, trials, plots, workers) plus /health and /ready."""
+"""Routes under /api/v1 (studies, trials, plots, workers) plus /health and /ready.
+
+Every path and query integer is bounded (ids and offsets are 32-bit columns), so an out-of-range
+number is a 422, never a database error. ``/ready`` names what is wrong (unreachable, not
+migrated) without host names, ports or addresses: it answers without an API key.
+"""
 
 from __future__ import annotations
 
+import hmac
 import logging
-import secrets
 from collections.abc import Iterator
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Body, Depends, Query, Request, Response, status
+from fastapi import APIRouter, Body, Depends, Path, Query, Request, Response, status
 from fastapi.responses import JSONResponse
 from fastapi.security import APIKeyHeader
 from optuna.storages import BaseStorage
@@ -20,9 +25,10 @@ from sqlalchemy.orm import Session
 from service import studies as ops
 from service import workers as registry
 from service.errors import InvalidSpecError, NotFoundError, ServiceError, StorageUnavailableError
+from service.limits import INT32_MAX
 from service.migrate import check_migrated
 from service.models import ACTIVE_STATUSES, STUDY_STATUSES, Study
-from service.plots import MEDIA_TYPES, PLOT_KINDS, render_plot
+from service.plots import render_plot
 from service.schemas import (
     ErrorBody,
     Links,
@@ -34,9 +40,10 @@ from service.schemas import (
     WorkersPublic,
 )
 from service.settings import Settings
-from service.spec import SPEC_EXAMPLES, StudySpec, check_limits
+from service.spec import StudySpec, check_limits, spec_examples
+from service.vocabulary import PLOT_KINDS, PLOT_MEDIA_TYPES, PlotFormat
 
-__all__ = ["api_router", "health_router"]
+__all__ = ["api_router", "health_router", "key_matches"]
 
 logger = logging.getLogger(__name__)
 
@@ -72,25 +79,33 @@ def get_storage(request: Request) -> BaseStorage:
             try:
                 state.storage = ops.make_optuna_storage(state.settings.database_url)
             except Exception as exc:  # noqa: BLE001 - any failure here means "not available"
-                message = f"database unavailable, retry later ({_root_cause(exc)})"
+                message = f"database unavailable, retry later ({type(exc).__name__})"
                 raise StorageUnavailableError(message) from exc
         return state.storage
 
 
-def _root_cause(exc: BaseException) -> str:
-    """The first line of the innermost cause (Optuna wraps a refused connection in a
-    misleading "invalid data in the commit" error)."""
+def _root_cause_type(exc: BaseException) -> str:
+    """The class name of the innermost cause: says what failed (a refused connection, a
+    timeout) without the driver's message, which names the host and port."""
     while exc.__cause__ is not None or exc.__context__ is not None:
         exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
+    return type(exc).__name__
+
+
+def key_matches(given: str | None, expected: str) -> bool:
+    """Constant-time comparison of an ``X-API-Key`` header with the configured key, as bytes:
+    header values arrive decoded as latin-1, so any header (non-ASCII included) compares
+    without error; the configured key is UTF-8."""
+    if given is None:
+        return False
+    return hmac.compare_digest(given.encode("latin-1"), expected.encode("utf-8"))
 
 
 def require_api_key(
     settings: Annotated[Settings, Depends(get_settings_dep)],
     key: Annotated[str | None, Depends(_api_key_header)],
 ) -> None:
-    if settings.api_key and not (key and secrets.compare_digest(key, settings.api_key)):
+    if settings.api_key and not key_matches(key, settings.api_key):
         raise _Unauthorized("missing or wrong X-API-Key header")
 
 
@@ -99,6 +114,9 @@ class _Unauthorized(ServiceError):
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
+StudyId = Annotated[int, Path(ge=1, le=INT32_MAX)]
+Skip = Annotated[int, Query(ge=0, le=INT32_MAX)]
+Limit = Annotated[int, Query(ge=1, le=1000)]
 SessionDep = Annotated[Session, Depends(get_session)]
 StorageDep = Annotated[BaseStorage, Depends(get_storage)]
 
@@ -108,6 +126,8 @@ _errors = {
         (401, "Missing or wrong API key"),
         (404, "Unknown study"),
         (409, "Conflict with the study's state"),
+        (413, "Request body larger than settings.max_request_bytes"),
+        (415, "A POST that is not Content-Type: application/json"),
         (422, "Invalid input; `errors` names each field"),
         (503, "Database unavailable (retry after Retry-After seconds)"),
     ]
@@ -116,7 +136,9 @@ _errors = {
 api_router = APIRouter(prefix="/api/v1", dependencies=[Depends(require_api_key)])
 studies = APIRouter(prefix="/studies", tags=["studies"], responses=_errors)
 workers = APIRouter(
-    prefix="/workers", tags=["workers"], responses={code: _errors[code] for code in (401, 503)}
+    prefix="/workers",
+    tags=["workers"],
+    responses={code: _errors[code] for code in (401, 413, 503)},
 )
 health_router = APIRouter(tags=["health"])
 
@@ -133,8 +155,8 @@ def _links(request: Request, study_id: int) -> Links:
 
 
 _spec_examples = {
-    family: {"summary": f"{family} study", "value": value}
-    for family, value in SPEC_EXAMPLES.items()
+    name: {"summary": str(value.get("description") or name), "value": value}
+    for name, value in spec_examples().items()
 }
 
 
@@ -166,18 +188,23 @@ def create_study(
 def list_studies(
     session: SessionDep,
     settings: SettingsDep,
-    skip: Annotated[int, Query(ge=0)] = 0,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    skip: Skip = 0,
+    limit: Limit = 100,
     status: Annotated[Literal[STUDY_STATUSES] | None, Query()] = None,  # type: ignore[valid-type]
 ) -> StudiesPublic:
     """Studies, newest first; deleted ones are hidden unless ?status=deleted."""
     rows, count = ops.list_studies(session, status=status, skip=skip, limit=limit)
-    devices: list[str] = []
+    devices: list[tuple[str, dict[str, str]]] = []
     if any(r.status in ACTIVE_STATUSES for r in rows):  # one query for the whole page
         devices = registry.live_worker_devices(session, registry.live_after_s(settings))
     return StudiesPublic(
         data=[
-            _summary(r, registry.reason_to_wait(r.status, registry.study_device(r), devices))
+            _summary(
+                r,
+                registry.reason_to_wait(
+                    r.status, registry.study_device(r), devices, registry.study_dataset(r)
+                ),
+            )
             for r in rows
         ],
         count=count,
@@ -204,7 +231,7 @@ def _summary(study: Study, waiting_reason: str | None = None) -> StudySummary:
 @studies.get("/{study_id}")
 def read_study(
     request: Request,
-    study_id: int,
+    study_id: StudyId,
     session: SessionDep,
     storage: StorageDep,
     settings: SettingsDep,
@@ -234,11 +261,11 @@ def read_study(
 
 @studies.get("/{study_id}/trials")
 def list_trials(
-    study_id: int,
+    study_id: StudyId,
     session: SessionDep,
     storage: StorageDep,
-    skip: Annotated[int, Query(ge=0)] = 0,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    skip: Skip = 0,
+    limit: Limit = 100,
     state: Annotated[
         Literal["RUNNING", "COMPLETE", "PRUNED", "FAIL", "WAITING"] | None, Query()
     ] = None,
@@ -253,7 +280,7 @@ def list_trials(
 
 
 @studies.post("/{study_id}/stop")
-def stop_study(study_id: int, session: SessionDep) -> StudySummary:
+def stop_study(study_id: StudyId, session: SessionDep) -> StudySummary:
     """Ask workers to stop: running trials end at their next epoch, then status=stopped."""
     study = ops.stop_study(session, _study(session, study_id))
     session.commit()
@@ -261,7 +288,7 @@ def stop_study(study_id: int, session: SessionDep) -> StudySummary:
 
 
 @studies.delete("/{study_id}")
-def delete_study(study_id: int, session: SessionDep, storage: StorageDep) -> StudySummary:
+def delete_study(study_id: StudyId, session: SessionDep, storage: StorageDep) -> StudySummary:
     """Soft-delete (hidden from the list); 409 while the study has running trials."""
     study = ops.delete_study(session, storage, _study(session, study_id))
     session.commit()
@@ -271,21 +298,21 @@ def delete_study(study_id: int, session: SessionDep, storage: StorageDep) -> Stu
 @studies.get(
     "/{study_id}/plots/{kind}",
     response_class=Response,
-    responses={200: {"content": {m: {} for m in MEDIA_TYPES.values()}}},
+    responses={200: {"content": {m: {} for m in PLOT_MEDIA_TYPES.values()}}},
 )
 def plot_study(
-    study_id: int,
-    kind: str,
+    study_id: StudyId,
+    kind: Annotated[str, Path(max_length=32)],
     session: SessionDep,
     storage: StorageDep,
-    format: Annotated[Literal["png", "svg"], Query()] = "png",  # noqa: A002
+    format: Annotated[PlotFormat, Query()] = "png",  # noqa: A002
 ) -> Response:
     """Plot `params`, `curves` or `flips` as PNG or SVG."""
     if kind not in PLOT_KINDS:
         raise NotFoundError(f"unknown plot kind {kind!r}; one of {', '.join(PLOT_KINDS)}")
     study = _study(session, study_id)
     content = render_plot(kind, ops.spec_of(study), ops.load_trials(storage, study), format)
-    return Response(content=content, media_type=MEDIA_TYPES[format])
+    return Response(content=content, media_type=PLOT_MEDIA_TYPES[format])
 
 
 @workers.get("")
@@ -312,7 +339,7 @@ def ready(session: SessionDep) -> JSONResponse:
         session.execute(text("SELECT 1"))
         problem = check_migrated(session.get_bind())  # type: ignore[arg-type]
     except (DBAPIError, PoolTimeoutError) as exc:
-        problem = f"database unavailable, retry later ({_root_cause(exc)})"
+        problem = f"database unreachable, retry later ({_root_cause_type(exc)})"
     if problem is not None:
         return JSONResponse(
             {"status": "not ready", "detail": problem},

@@ -8,23 +8,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, func, select, update
+from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
-
-from service.models import Study
 
 __all__ = [
     "make_engine",
     "make_session_factory",
     "session_scope",
     "optuna_engine_kwargs",
-    "claim_trial_slot",
-    "release_trial_slot",
-    "set_study_status",
-    "get_study_by_optuna_name",
 ]
 
 
@@ -77,65 +70,3 @@ def session_scope(engine: Engine) -> Iterator[Session]:
     """One unit of work: commit on success, roll back on any exception."""
     with Session(engine, expire_on_commit=False) as session, session.begin():
         yield session
-
-
-def claim_trial_slot(session: Session, study_id: int) -> bool:
-    """Atomically take one trial from the study-wide budget; False when it is used up.
-
-    Only studies that are ``queued`` or ``running`` hand out slots. The first claim moves a
-    ``queued`` study to ``running`` (and sets ``started_at``).
-    """
-    now = datetime.now(UTC)
-    result = session.execute(
-        update(Study)
-        .where(
-            Study.id == study_id,
-            Study.n_claimed < Study.n_trials,
-            Study.status.in_(("queued", "running")),
-        )
-        .values(n_claimed=Study.n_claimed + 1, updated_at=now)
-        .execution_options(synchronize_session=False)
-    )
-    if result.rowcount != 1:
-        return False
-    session.execute(
-        update(Study)
-        .where(Study.id == study_id, Study.status == "queued")
-        .values(status="running", started_at=now)
-        .execution_options(synchronize_session=False)
-    )
-    return True
-
-
-def release_trial_slot(session: Session, study_id: int) -> None:
-    """Give one claimed slot back (e.g. a trial that never started)."""
-    session.execute(
-        update(Study)
-        .where(Study.id == study_id, Study.n_claimed > 0)
-        .values(n_claimed=Study.n_claimed - 1)
-        .execution_options(synchronize_session=False)
-    )
-
-
-def set_study_status(
-    session: Session, study_id: int, status: str, *, error: str | None = None
-) -> None:
-    """Set ``status`` (and ``finished_at`` for final states, ``error`` if given)."""
-    now = datetime.now(UTC)
-    values: dict[str, Any] = {"status": status, "updated_at": now}
-    if status in ("stopped", "completed", "failed"):
-        values["finished_at"] = now
-    if status == "running":
-        values["started_at"] = func.coalesce(Study.started_at, now)
-    if error is not None:
-        values["error"] = error
-    session.execute(
-        update(Study)
-        .where(Study.id == study_id)
-        .values(**values)
-        .execution_options(synchronize_session=False)
-    )
-
-
-def get_study_by_optuna_name(session: Session, name: str) -> Study | None:
-    return session.scalars(select(Study).where(Study.optuna_study_name == name)).first()

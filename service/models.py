@@ -75,7 +75,7 @@ class Study(Base):
     """One tuning study: the validated spec, its lifecycle status and its trial budget.
 
     ``n_claimed`` counts trials that workers have started against the study-wide budget
-    ``n_trials``; workers increment it atomically (see ``service.db.claim_trial_slot``).
+    ``n_trials``; workers increment it atomically (see ``service.lifecycle.claim_slot``).
     """
 
     __tablename__ = "bnn_studies"
@@ -120,6 +120,8 @@ class WorkerRecord(Base):
     current_study_id: Mapped[int | None]
     trials_finished: Mapped[int] = mapped_column(default=0)
     state: Mapped[str] = mapped_column(String(16), default="idle")
+    # data set -> why this worker cannot load it (a study of it is left to other workers)
+    lacking: Mapped[dict[str, Any] | None]
 
     def __repr__(self) -> str:
         return f"WorkerRecord(worker_id={self.worker_id!r}, state={self.state!r})"

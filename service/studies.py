@@ -10,22 +10,24 @@ database) and load only the trials they return with ``storage.get_trial``.
 
 from __future__ import annotations
 
-import enum
 import math
-from collections.abc import Sequence
-from datetime import UTC, datetime
-from typing import Any
 
 import optuna
-from optuna.storages import BaseStorage, RDBStorage
+from optuna.storages import BaseStorage
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
-from sqlalchemy import Column, Enum, Float, Integer, MetaData, String, Table, func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from service.db import optuna_engine_kwargs
 from service.errors import ConflictError, NotFoundError
+from service.lifecycle import make_storage as make_optuna_storage
+from service.lifecycle import request_stop, transition
+from service.lifecycle.state import trial_error
+from service.lifecycle.tables import ValueType as _ValueType
+from service.lifecycle.tables import optuna_studies as _o_studies
+from service.lifecycle.tables import optuna_trials as _o_trials
+from service.lifecycle.tables import optuna_values as _o_values
 from service.models import Study, optuna_study_name
 from service.schemas import BestTrial, Budget, Progress, TrialPublic
 from service.spec import StudySpec, stored_spec
@@ -47,56 +49,10 @@ __all__ = [
     "budget",
     "trial_public",
     "spec_of",
-    "summary",
-    "load_optuna_study",
-    "final_status",
 ]
 
 
-FIRST_ERROR_CHARS = 300  # of the first trial's error in a failed study's summary
 BULK_LOAD_FACTOR = 5  # a page of >= 1/5 of the matching trials loads them all (trials_page)
-STALE_ERROR = "no heartbeat within the grace period: its worker died or lost the database"
-
-
-class _ValueType(enum.Enum):
-    """Optuna's ``trial_values.value_type`` (stored by name)."""
-
-    FINITE = 1
-    INF_POS = 2
-    INF_NEG = 3
-
-
-# Only the columns we read of Optuna's RDB tables (Optuna creates and migrates them). The enum
-# types carry Optuna's PostgreSQL enum names so that bound values are cast to them there.
-_optuna_tables = MetaData()
-_o_studies = Table(
-    "studies",
-    _optuna_tables,
-    Column("study_id", Integer, primary_key=True),
-    Column("study_name", String(512)),
-)
-_o_trials = Table(
-    "trials",
-    _optuna_tables,
-    Column("trial_id", Integer, primary_key=True),
-    Column("number", Integer),
-    Column("study_id", Integer),
-    Column("state", Enum(TrialState, name="trialstate", create_constraint=False)),
-)
-_o_values = Table(
-    "trial_values",
-    _optuna_tables,
-    Column("trial_value_id", Integer, primary_key=True),
-    Column("trial_id", Integer),
-    Column("objective", Integer),
-    Column("value", Float),
-    Column("value_type", Enum(_ValueType, name="trialvaluetype", create_constraint=False)),
-)
-
-
-def make_optuna_storage(url: str) -> RDBStorage:
-    """Optuna's storage over the same database (tables must exist: run migrate first)."""
-    return RDBStorage(url, engine_kwargs=optuna_engine_kwargs(url), skip_table_creation=True)
 
 
 def spec_of(study: Study) -> StudySpec:
@@ -193,34 +149,11 @@ def list_studies(
     return list(rows), count
 
 
-def _transition(session: Session, study: Study, to: str, *, where: Any) -> bool:
-    """Atomically set ``status=to`` when ``where`` still holds; refresh ``study``."""
-    now = datetime.now(UTC)
-    values: dict[str, Any] = {"status": to, "updated_at": now}
-    if to in ("stopped", "deleted"):
-        values["finished_at"] = now
-    result = session.execute(
-        update(Study)
-        .where(Study.id == study.id, where)
-        .values(**values)
-        .execution_options(synchronize_session=False)
-    )
-    session.refresh(study)
-    return result.rowcount == 1
-
-
 def stop_study(session: Session, study: Study) -> Study:
-    """Ask workers to stop; a study that never started stops at once. Idempotent.
-
-    Conditional updates, so a worker claiming a trial at the same moment cannot be missed: a
-    study that got a claim becomes ``stopping`` (its worker sets ``stopped``).
-    """
-    never_started = (Study.status == "queued") & (Study.n_claimed == 0)
-    if _transition(session, study, "stopped", where=never_started):
-        return study
-    if _transition(session, study, "stopping", where=Study.status.in_(("queued", "running"))):
-        return study
-    if study.status in ("stopping", "stopped"):
+    """Ask workers to stop (:func:`service.lifecycle.request_stop`); idempotent."""
+    moved = request_stop(session, study.id)
+    session.refresh(study)
+    if moved or study.status in ("stopping", "stopped"):
         return study
     raise ConflictError(f"study {study.id} is already {study.status}")
 
@@ -232,8 +165,9 @@ def delete_study(session: Session, storage: BaseStorage, study: Study) -> Study:
     running = trial_counts(session, optuna_study_id(session, study)).n_running
     if running:
         raise ConflictError(f"study {study.id} has {running} running trial(s); stop it first")
-    idle = Study.status.not_in(("running", "stopping", "deleted"))
-    if not _transition(session, study, "deleted", where=idle):
+    moved = transition(session, study.id, "deleted")
+    session.refresh(study)
+    if not moved:
         raise ConflictError(f"study {study.id} is {study.status}; stop it first")
     return study
 
@@ -401,9 +335,8 @@ def trial_public(trial: FrozenTrial) -> TrialPublic:
     """The API view of one Optuna trial (epochs/error from user_attrs, retries from attrs)."""
     user_attrs = dict(trial.user_attrs)
     epochs = user_attrs.pop("epochs", None)
-    error = user_attrs.pop("error", None)
-    if error is None and trial.state == TrialState.FAIL:  # only the heartbeat check fails silently
-        error = STALE_ERROR
+    user_attrs.pop("error", None)
+    error = trial_error(trial)
     start, end = trial.datetime_start, trial.datetime_complete
     retry_of = trial.system_attrs.get("failed_trial", user_attrs.get("retry_of"))
     history = trial.system_attrs.get("retry_history", user_attrs.get("retry_history", []))
@@ -422,47 +355,3 @@ def trial_public(trial: FrozenTrial) -> TrialPublic:
         retry_history=[h for h in history if isinstance(h, int)],
         user_attrs=user_attrs,
     )
-
-
-def final_status(trials: Sequence[FrozenTrial]) -> tuple[str, str | None]:
-    """``(status, error)`` for a study whose budget is used up with nothing RUNNING or WAITING.
-
-    ``completed`` when a trial COMPLETEd or was PRUNED (or none failed); ``failed`` when every
-    finished trial FAILed, with ``error`` = "all N trials failed; first error: ...". The one
-    rule of the worker loop and the API reaper.
-    """
-    if any(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials):
-        return "completed", None
-    failed = sorted((t for t in trials if t.state == TrialState.FAIL), key=lambda t: t.number)
-    if not failed:
-        return "completed", None
-    originals = sum(1 for t in failed if "failed_trial" not in t.system_attrs)
-    retries = len(failed) - originals
-    first = trial_public(failed[0]).error or "no error recorded"
-    if len(first) > FIRST_ERROR_CHARS:
-        first = first[: FIRST_ERROR_CHARS - 3] + "..."
-    counted = f"all {originals} trials failed" if originals != 1 else "the only trial failed"
-    if retries:
-        counted += f" ({retries} retries too)"
-    return "failed", f"{counted}; first error: {first}"
-
-
-def summary(session: Session, storage: BaseStorage, study: Study) -> dict[str, Any]:
-    """Plain-data summary for the CLI: status, progress, budget and best trial(s)."""
-    optuna_id = optuna_study_id(session, study)
-    best = best_of(session, storage, optuna_id, spec_of(study).directions)
-    return {
-        "id": study.id,
-        "name": study.name,
-        "status": study.status,
-        "progress": trial_counts(session, optuna_id).model_dump(),
-        "budget": budget(study).model_dump(),
-        "best": [b.model_dump() for b in best],
-    }
-
-
-def load_optuna_study(storage: BaseStorage, study: Study) -> optuna.Study:
-    """The Optuna study object (for callers that want Optuna's own API)."""
-    if study.optuna_study_name is None:
-        raise NotFoundError(f"study {study.id} has no Optuna study")
-    return optuna.load_study(study_name=study.optuna_study_name, storage=storage)

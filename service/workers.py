@@ -36,6 +36,8 @@ __all__ = [
     "live_worker_devices",
     "reason_to_wait",
     "study_device",
+    "study_dataset",
+    "dataset_key",
     "waiting_reason",
 ]
 
@@ -81,6 +83,7 @@ def register_worker(
     state: str = "idle",
     current_study_id: int | None = None,
     trials_finished: int = 0,
+    lacking: dict[str, str] | None = None,
 ) -> None:
     """Insert this worker's row, or reset it when the id is taken (a restart with the same
     ``worker_id``): ``started_at`` and ``last_seen`` become now."""
@@ -95,6 +98,7 @@ def register_worker(
         "state": state,
         "current_study_id": current_study_id,
         "trials_finished": trials_finished,
+        "lacking": lacking or {},
     }
     result = session.execute(
         update(WorkerRecord)
@@ -113,17 +117,22 @@ def update_worker(
     state: str,
     current_study_id: int | None,
     trials_finished: int,
+    lacking: dict[str, str] | None = None,
 ) -> bool:
-    """Refresh ``last_seen`` and the worker's state; False when it has no row (register it)."""
+    """Refresh ``last_seen`` and the worker's state (and the data sets it lacks, when given);
+    False when it has no row (register it)."""
+    values: dict[str, object] = {
+        "last_seen": func.current_timestamp(),
+        "state": state,
+        "current_study_id": current_study_id,
+        "trials_finished": trials_finished,
+    }
+    if lacking is not None:
+        values["lacking"] = lacking
     result = session.execute(
         update(WorkerRecord)
         .where(WorkerRecord.worker_id == worker_id)
-        .values(
-            last_seen=func.current_timestamp(),
-            state=state,
-            current_study_id=current_study_id,
-            trials_finished=trials_finished,
-        )
+        .values(**values)
         .execution_options(synchronize_session=False)
     )
     return result.rowcount == 1
@@ -183,33 +192,58 @@ def list_workers(session: Session, live_after: float) -> list[WorkerPublic]:
     return sorted(workers, key=lambda w: not w.live)  # stable: by id within each group
 
 
-def live_worker_devices(session: Session, live_after: float) -> list[str]:
-    """The device of each live worker (one query over the rows not ``stopped``)."""
+def live_worker_devices(session: Session, live_after: float) -> list[tuple[str, dict[str, str]]]:
+    """``(device, lacking)`` of each live worker (one query over the rows not ``stopped``):
+    its device and the data sets it cannot load."""
     rows = session.execute(
-        select(WorkerRecord.device, WorkerRecord.last_seen, func.current_timestamp()).where(
-            WorkerRecord.state != "stopped"
-        )
+        select(
+            WorkerRecord.device,
+            WorkerRecord.lacking,
+            WorkerRecord.last_seen,
+            func.current_timestamp(),
+        ).where(WorkerRecord.state != "stopped")
     ).all()
     return [
-        device
-        for device, last_seen, now in rows
+        (device, dict(lacking or {}))
+        for device, lacking, last_seen, now in rows
         if (_utc(now) - _utc(last_seen)).total_seconds() <= live_after
     ]
 
 
-def reason_to_wait(status: str, study_device: str, live_devices: Iterable[str]) -> str | None:
-    """Why a study in ``status`` that wants ``study_device`` gets no trials, given the devices
-    of the live workers; None when some live worker can train it or it has no work left."""
+def reason_to_wait(
+    status: str,
+    study_device: str,
+    live_workers: Iterable[str | tuple[str, dict[str, str]]],
+    dataset: str | None = None,
+) -> str | None:
+    """Why a study in ``status`` that wants ``study_device`` (and data set ``dataset``, a
+    :func:`dataset_key`) gets no trials, given the live workers (a device, or ``(device,
+    lacking)``); None when some live worker can train it or it has no work left."""
     if status not in ACTIVE_STATUSES:
         return None
-    devices = list(live_devices)
-    if not devices:
+    workers = [(w, {}) if isinstance(w, str) else w for w in live_workers]
+    if not workers:
         return "no live worker"
-    if any(can_train(device, study_device) for device in devices):
+    able = [(device, lacking) for device, lacking in workers if can_train(device, study_device)]
+    if not able:
+        counts = Counter(device for device, _ in workers)
+        live = ", ".join(f"{n} on {device}" for device, n in sorted(counts.items()))
+        return f"no live worker can train on {study_device} (live workers: {live})"
+    if dataset is None or any(dataset not in lacking for _, lacking in able):
         return None
-    counts = Counter(devices)
-    live = ", ".join(f"{n} on {device}" for device, n in sorted(counts.items()))
-    return f"no live worker can train on {study_device} (live workers: {live})"
+    why = sorted({lacking[dataset] for _, lacking in able})
+    return f"no live worker has data set {dataset} ({'; '.join(why)[:500]})"
+
+
+def dataset_key(dataset: str, data_subdir: str | None = None) -> str:
+    """How a worker names a data set it lacks: ``cifar10``, or ``cifar10 in <subdir>`` when
+    the spec names the folder under the worker's data root."""
+    return f"{dataset} in {data_subdir}" if data_subdir else dataset
+
+
+def study_dataset(study: Study) -> str:
+    """The :func:`dataset_key` of the study's stored spec."""
+    return dataset_key(str(study.spec.get("dataset")), study.spec.get("data_subdir"))
 
 
 def study_device(study: Study) -> str:
@@ -221,5 +255,5 @@ def waiting_reason(session: Session, study: Study, live_after: float) -> str | N
     """:func:`reason_to_wait` for one study (no query unless it is queued or running)."""
     if study.status not in ACTIVE_STATUSES:
         return None
-    devices = live_worker_devices(session, live_after)
-    return reason_to_wait(study.status, study_device(study), devices)
+    workers = live_worker_devices(session, live_after)
+    return reason_to_wait(study.status, study_device(study), workers, study_dataset(study))

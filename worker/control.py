@@ -15,6 +15,8 @@ from types import FrameType, TracebackType
 
 from optuna.storages import BaseStorage
 
+from service.lifecycle import db_error_text
+
 __all__ = ["Heartbeat", "Repeater", "install_signal_handlers"]
 
 logger = logging.getLogger(__name__)
@@ -57,8 +59,6 @@ class Heartbeat:
         try:
             self._storage.record_heartbeat(self._trial_id)  # type: ignore[attr-defined]
         except Exception as exc:  # noqa: BLE001 - a missed beat is retried at the next one
-            from worker.trial import db_error_text
-
             logger.warning("heartbeat of trial %s failed: %s", self._trial_id, db_error_text(exc))
             self._report(False)
             return False
@@ -75,6 +75,18 @@ class Heartbeat:
             self.beat()
 
     def __enter__(self) -> Heartbeat:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def start(self) -> Heartbeat:
+        """Beat now, then every interval in a thread (for trials that outlive one block)."""
         if self._interval is None or not hasattr(self._storage, "record_heartbeat"):
             return self
         self.beat()
@@ -84,12 +96,7 @@ class Heartbeat:
         self._thread.start()
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def stop(self) -> None:
         self._done.set()
         if self._thread is not None:
             self._thread.join()

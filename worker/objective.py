@@ -48,7 +48,6 @@ __all__ = [
 ]
 
 
-
 class InfeasibleParams(ValueError):
     """The sampled values violate a constraint of the family (the trial cannot train)."""
 

@@ -27,7 +27,15 @@ def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
     """The worker's flags (``--database-url`` is added by each caller, with its own help)."""
     parser.add_argument("--device", help="auto, cpu, cuda or cuda:N (env BNN_TUNE_DEVICE)")
     parser.add_argument("--worker-id", help="name shown on trials (default <hostname>-<pid>)")
-    parser.add_argument("--data-dir", help="dataset directory (env BNN_TUNE_DATA_DIR)")
+    parser.add_argument(
+        "--data-root",
+        help="folder with one folder per data set, <root>/<dataset> (env BNN_TUNE_DATA_ROOT)",
+    )
+    parser.add_argument(
+        "--download",
+        action="store_true",
+        help="download missing data sets into the data root (env BNN_TUNE_DOWNLOAD)",
+    )
     parser.add_argument("--poll-interval", type=float, help="seconds between polls when idle")
     parser.add_argument(
         "--compile",
@@ -62,6 +70,7 @@ def run_worker_process(args: argparse.Namespace) -> int:
         return run_supervisor(args)
     from pydantic import ValidationError
 
+    from service.lifecycle import DatabaseNotReady
     from worker.control import install_signal_handlers
     from worker.settings import WorkerSettings
 
@@ -69,7 +78,8 @@ def run_worker_process(args: argparse.Namespace) -> int:
         "database_url": args.database_url,
         "device": args.device,
         "worker_id": args.worker_id,
-        "data_dir": args.data_dir,
+        "data_root": args.data_root,
+        "download": True if args.download else None,
         "poll_interval_s": args.poll_interval,
         "compile": args.compile,
         "worker_max_trials": args.max_trials,
@@ -95,6 +105,9 @@ def run_worker_process(args: argparse.Namespace) -> int:
         log.error("cannot start: %s", reasons)
         return 2
     except ValueError as exc:
+        log.error("cannot start: %s", exc)
+        return 2
+    except DatabaseNotReady as exc:
         log.error("cannot start: %s", exc)
         return 2
     log.info("worker exiting: %s", stats)

@@ -28,8 +28,12 @@ class WorkerSettings(Settings):
     worker_id: str = Field(default_factory=default_worker_id, description="Shown on each trial.")
     device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'.")
     poll_interval_s: float = Field(2.0, gt=0, description="Sleep between polls when idle.")
-    data_dir: str | None = Field(None, description="Dataset directory passed to bnn_core.")
-    download: bool = Field(False, description="Allow dataset downloads inside trials.")
+    data_root: str | None = Field(
+        None,
+        description="Folder holding one folder per data set (<root>/<dataset>, or the spec's "
+        "data_subdir); default ~/.cache/bnn_tune/data.",
+    )
+    download: bool = Field(False, description="Download missing data sets into data_root.")
     worker_max_trials: int | None = Field(None, ge=1, description="Exit after this many trials.")
     once: bool = Field(False, description="Exit when no study has work (tests, batch jobs).")
     reconnect_max_s: float = Field(30.0, gt=0, description="Cap of the reconnect backoff.")

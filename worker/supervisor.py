@@ -101,7 +101,7 @@ def worker_command(argv: Sequence[str]) -> list[str]:
 _FORWARDED = {
     "database_url": "--database-url",
     "device": "--device",
-    "data_dir": "--data-dir",
+    "data_root": "--data-root",
     "poll_interval": "--poll-interval",
     "compile": "--compile",
     "max_trials": "--max-trials",
@@ -118,6 +118,8 @@ def child_argv(args: argparse.Namespace, child: Child) -> list[str]:
             argv += [flag, str(value)]
     if getattr(args, "once", False):
         argv.append("--once")
+    if getattr(args, "download", False):
+        argv.append("--download")
     port = getattr(args, "metrics_port", None)
     if port:
         argv += ["--metrics-port", str(port + child.index)]

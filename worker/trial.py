@@ -13,7 +13,7 @@ Outcomes (what the trial looks like in Optuna and the dashboard):
 * the worker got SIGTERM -> FAIL after the current epoch with ``error = "worker terminated"``,
   and a WAITING retry is enqueued exactly like a heartbeat-stale trial (same
   ``RetryHeartbeatStaleTrialCallback``, same ``max_retry``), so another worker runs it;
-* any exception in training (divergence/NaN, CUDA OOM, ``ConfigError`` such as a bad data path,
+* any exception in training (divergence/NaN, CUDA OOM, ``ConfigError``,
   anything else) -> FAIL with ``error = "<Type>: <message>"``; the worker goes on;
 * sampled values that violate a constraint (filter alpha > gamma) -> PRUNED without training.
 
@@ -33,15 +33,13 @@ from typing import Any, TypeVar
 
 import optuna
 from optuna.trial import TrialState
-from sqlalchemy.exc import DBAPIError, OperationalError
 
 from bnn_core.config import EpochMetrics, TrainConfig, TrainResult
-from service.reaper import VOLATILE_ATTRS
+from service.lifecycle import VOLATILE_ATTRS, db_error_text, is_connectivity_error
 from service.spec import StudySpec
 from worker.objective import InfeasibleParams, build_train_config, train_config_dict
 
 __all__ = [
-    "TRANSIENT_DB_ERRORS",
     "TrialOutcome",
     "EpochRecorder",
     "retry_db",
@@ -58,12 +56,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-TRANSIENT_DB_ERRORS: tuple[type[BaseException], ...] = (
-    OperationalError,
-    DBAPIError,
-    optuna.exceptions.StorageInternalError,
-    ConnectionError,
-)
 T = TypeVar("T")
 StopCheck = Callable[[], str | None]
 WORKER_TERMINATED = "worker terminated"
@@ -71,30 +63,21 @@ STUDY_STOPPED = "study stopped"
 
 
 def retry_db(fn: Callable[[], T], what: str, timeout_s: float = 300.0) -> T:
-    """Call ``fn`` until it stops raising a transient database error (backoff 0.5 s -> 5 s);
-    re-raise after ``timeout_s``."""
+    """Call ``fn`` until it stops raising a connectivity error (backoff 0.5 s -> 5 s); re-raise
+    after ``timeout_s``, and any other database error at once (it would fail every time)."""
     deadline = time.monotonic() + timeout_s
     delay = 0.5
     while True:
         try:
             return fn()
-        except TRANSIENT_DB_ERRORS as exc:
-            if time.monotonic() + delay > deadline:
+        except Exception as exc:
+            if not is_connectivity_error(exc) or time.monotonic() + delay > deadline:
                 raise
             logger.warning(
                 "%s: database unavailable (%s); retrying in %.1fs", what, db_error_text(exc), delay
             )
             time.sleep(delay)
             delay = min(delay * 2, 5.0)
-
-
-def db_error_text(exc: BaseException) -> str:
-    """The first line of the root cause (Optuna wraps driver errors in a generic message)."""
-    cause: BaseException = exc
-    while cause.__cause__ is not None:
-        cause = cause.__cause__
-    lines = str(cause).strip().splitlines() or [type(cause).__name__]
-    return f"{type(cause).__name__}: {lines[0][:200]}"
 
 
 @dataclass
@@ -172,7 +155,7 @@ def prepare_trial(
     *,
     worker_id: str,
     device: str,
-    data_dir: str | None = None,
+    data_root: str | None = None,
     download: bool = False,
     compile: bool = False,
 ) -> TrainConfig:
@@ -182,7 +165,7 @@ def prepare_trial(
     _set_attr(trial, "device", device)
     config = retry_db(
         lambda: build_train_config(
-            spec, trial, device=device, data_dir=data_dir, download=download, compile=compile
+            spec, trial, device=device, data_root=data_root, download=download, compile=compile
         ),
         "sample",
     )
@@ -229,9 +212,9 @@ def train_trial(
         outcome = outcome_of(spec, recorder, result, time.perf_counter() - started)
     except InfeasibleParams as exc:
         outcome = TrialOutcome(TrialState.PRUNED, error=str(exc), stop_reason="infeasible")
-    except TRANSIENT_DB_ERRORS:
-        raise
     except Exception as exc:  # noqa: BLE001 - a failing trial must never stop the worker
+        if is_connectivity_error(exc):
+            raise  # not the trial's fault: the loop waits for the database
         logger.warning("trial %s failed: %s", trial.number, error_text(exc))
         outcome = TrialOutcome(TrialState.FAIL, error=error_text(exc))
         _free_cuda_memory()

@@ -1,16 +1,11 @@
-"""Worker-facing DB helpers: the study-wide budget counter and status updates."""
+"""The study-wide budget counter and status updates of :mod:`service.lifecycle`."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from service.db import (
-    claim_trial_slot,
-    make_engine,
-    release_trial_slot,
-    session_scope,
-    set_study_status,
-)
+from service.db import make_engine, session_scope
+from service.lifecycle import claim_slot, release_slot, transition
 from service.models import Study
 from service.spec import parse_spec
 from service.studies import create_study, make_optuna_storage
@@ -25,18 +20,18 @@ def test_claims_stop_at_the_budget(database_url: str, unique_name: Callable[...,
     claims = []
     for _ in range(3):
         with session_scope(engine) as session:
-            claims.append(claim_trial_slot(session, study_id))
-    assert claims == [True, True, False]
+            claims.append(claim_slot(session, study_id))
+    assert claims == [0, 1, None]  # each claim's index, then the budget is used up
     with session_scope(engine) as session:
         row = session.get(Study, study_id)
         assert row is not None
         assert (row.status, row.n_claimed, row.started_at is not None) == ("running", 2, True)
-        release_trial_slot(session, study_id)
+        release_slot(session, study_id)
     with session_scope(engine) as session:
-        set_study_status(session, study_id, "stopping")
+        assert transition(session, study_id, "stopping")
     with session_scope(engine) as session:
-        assert not claim_trial_slot(session, study_id)  # only queued/running studies hand out
-        set_study_status(session, study_id, "stopped", error=None)
+        assert claim_slot(session, study_id) is None  # only queued/running studies hand out
+        assert transition(session, study_id, "stopped")
     with session_scope(engine) as session:
         row = session.get(Study, study_id)
         assert row is not None and row.n_claimed == 1

@@ -174,7 +174,8 @@ def test_reaper_does_not_fail_live_trials_after_an_outage(
     from optuna.storages import RDBStorage
     from optuna.trial import TrialState
 
-    from service.db import make_engine, session_scope, set_study_status
+    from service.db import make_engine, session_scope
+    from service.lifecycle import transition
 
     parts = urlsplit(postgres_url)
     proxy = TcpProxy((parts.hostname or "127.0.0.1", parts.port or 5432))
@@ -191,7 +192,7 @@ def test_reaper_does_not_fail_live_trials_after_an_outage(
             created = http.post("/api/v1/studies", json=spec).json()
             engine = make_engine(postgres_url)
             with session_scope(engine) as session:
-                set_study_status(session, created["id"], "running")
+                transition(session, created["id"], "running")
             engine.dispose()
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")

@@ -18,10 +18,10 @@ import pytest
 from optuna.storages import RDBStorage
 
 from service.app import create_app
-from service.db import claim_trial_slot, make_engine, session_scope, set_study_status
+from service.db import make_engine, session_scope
+from service.lifecycle import claim_slot, final_status, transition
 from service.settings import Settings
 from service.spec import SPEC_EXAMPLES
-from service.studies import final_status
 
 
 def _dead_worker_trial(url: str, optuna_name: str) -> int:
@@ -46,7 +46,7 @@ def _mark_running(url: str, study_id: int) -> None:
     engine = make_engine(url)
     try:
         with session_scope(engine) as session:
-            set_study_status(session, study_id, "running")
+            transition(session, study_id, "running")
     finally:
         engine.dispose()
 
@@ -90,7 +90,9 @@ def test_reaper_fails_stale_trials_and_finishes_a_stopping_study(
         assert client.get(f"/api/v1/studies/{study_id}").json()["status"] == "running"
 
         # Stopping it: the WAITING retry is failed (never resumed) and the study ends stopped.
-        assert client.post(f"/api/v1/studies/{study_id}/stop").json()["status"] == "stopping"
+        assert (
+            client.post(f"/api/v1/studies/{study_id}/stop", json={}).json()["status"] == "stopping"
+        )
         _wait(lambda: client.get(f"/api/v1/studies/{study_id}").json()["status"] == "stopped")
         trials = _trials(client, study_id)
         assert [t["state"] for t in trials] == ["FAIL", "FAIL"]
@@ -146,7 +148,7 @@ def test_reaper_finishes_a_study_whose_last_worker_died_without_retries(
         try:
             with session_scope(engine) as session:  # what a worker does before ask()
                 for _ in range(n_trials):
-                    assert claim_trial_slot(session, created["id"])
+                    assert claim_slot(session, created["id"]) is not None
         finally:
             engine.dispose()
         if one_completed:
@@ -166,7 +168,7 @@ def test_reaper_finishes_a_study_whose_last_worker_died_without_retries(
 
 
 def test_final_status_rule() -> None:
-    """The worker loop's and the reaper's one rule (service.studies.final_status)."""
+    """The worker loop's and the reaper's one rule (service.lifecycle.final_status)."""
     from optuna.trial import TrialState, create_trial
 
     def trial(number: int, state: TrialState, **attrs: Any) -> optuna.trial.FrozenTrial:

@@ -10,7 +10,8 @@ import optuna
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from service.db import claim_trial_slot, make_engine, session_scope, set_study_status
+from service.db import make_engine, session_scope
+from service.lifecycle import claim_slot, transition
 from service.spec import SPEC_EXAMPLES
 
 
@@ -86,7 +87,7 @@ def test_unknown_study_is_404(client: httpx.Client) -> None:
         response = client.get(f"/api/v1/studies/987654{path}")
         assert response.status_code == 404, path
         assert response.json()["detail"] == "study 987654 not found"
-    assert client.post("/api/v1/studies/987654/stop").status_code == 404
+    assert client.post("/api/v1/studies/987654/stop", json={}).status_code == 404
     assert client.delete("/api/v1/studies/987654").status_code == 404
 
 
@@ -99,7 +100,7 @@ def test_list_pagination_and_status_filter(client: httpx.Client, unique_name: Ca
     second = client.get("/api/v1/studies", params={"skip": 2, "limit": 2}).json()
     assert {s["id"] for s in first["data"]}.isdisjoint({s["id"] for s in second["data"]})
 
-    client.post(f"/api/v1/studies/{ids[0]}/stop")
+    client.post(f"/api/v1/studies/{ids[0]}/stop", json={})
     stopped = client.get("/api/v1/studies", params={"status": "stopped", "limit": 1000}).json()
     assert ids[0] in {s["id"] for s in stopped["data"]}
     assert all(s["status"] == "stopped" for s in stopped["data"])
@@ -201,13 +202,13 @@ def test_stop_rules(client: httpx.Client, backend_url: str, unique_name: Callabl
     running = _create(client, _spec(unique_name("stop")))
     engine = make_engine(backend_url)
     with session_scope(engine) as session:
-        assert claim_trial_slot(session, running["id"])
+        assert claim_slot(session, running["id"]) is not None
     assert client.get(running["links"]["self"]).json()["status"] == "running"
     assert client.post(running["links"]["stop"]).json()["status"] == "stopping"
 
     done = _create(client, _spec(unique_name("stop")))
     with session_scope(engine) as session:
-        set_study_status(session, done["id"], "completed")
+        transition(session, done["id"], "completed")
     engine.dispose()
     response = client.post(done["links"]["stop"])
     assert response.status_code == 409 and "completed" in response.json()["detail"]
@@ -236,7 +237,7 @@ def test_delete_rules(client: httpx.Client, backend_url: str, unique_name: Calla
     busy = _create(client, _spec(unique_name("del")))
     engine = make_engine(backend_url)
     with session_scope(engine) as session:
-        claim_trial_slot(session, busy["id"])
+        claim_slot(session, busy["id"])
     engine.dispose()
     response = client.delete(busy["links"]["self"])
     assert response.status_code == 409 and "running" in response.json()["detail"]

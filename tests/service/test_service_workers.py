@@ -141,7 +141,7 @@ def test_live_after_is_the_grace_period_or_two_heartbeats() -> None:
     assert live_after_s(Settings(grace_period_s=5, heartbeat_interval_s=10)) == 20
 
 
-def test_migration_0002_creates_and_drops_bnn_workers(fresh_url: str) -> None:
+def test_migrations_0002_and_0003_create_and_drop_bnn_workers(fresh_url: str) -> None:
     engine = make_engine(fresh_url)
     try:
         config = _alembic_config()
@@ -169,7 +169,9 @@ def test_migration_0002_creates_and_drops_bnn_workers(fresh_url: str) -> None:
         "current_study_id",
         "trials_finished",
         "state",
+        "lacking",  # 0003
     }
+    assert columns["lacking"]["nullable"]
     assert primary["constrained_columns"] == ["worker_id"]
     assert columns["current_study_id"]["nullable"] and not columns["last_seen"]["nullable"]
 

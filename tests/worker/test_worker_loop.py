@@ -24,6 +24,7 @@ from worker_helpers import (
 from bnn_core.config import ConfigError
 from service.app import create_app
 from service.db import make_engine, session_scope
+from service.lifecycle import ACTIVE
 from service.models import Study
 from service.settings import Settings
 from service.studies import make_optuna_storage
@@ -83,9 +84,10 @@ def test_a_diverging_trial_fails_alone(sqlite_url: str) -> None:
 def test_a_study_whose_every_trial_fails_ends_failed_not_completed(
     database_url: str, live_server: Callable[..., AbstractContextManager[str]]
 ) -> None:
-    # A bad data path fails each trial (real training, not a fake), but not the worker.
-    study_id = new_study(database_url, n_trials=2, dataset="mnist", data_subdir="nonexistent-mnist")
-    stats = run_study(study_id, worker_settings(database_url))
+    # Every trial raises (a config bnn_core refuses): each fails, but not the worker.
+    study_id = new_study(database_url, n_trials=2)
+    refuse = fake_train(fail=lambda c: ConfigError("model", "cannot build it"))
+    stats = run_study(study_id, worker_settings(database_url), train_fn=refuse)
     trials = study_trials(database_url, study_id)
     assert stats.by_state == {"FAIL": 2} and stats.errors == 0
     assert all("ConfigError" in t.user_attrs["error"] for t in trials)
@@ -183,11 +185,12 @@ def test_sigterm_fails_the_trial_and_enqueues_a_retry(sqlite_url: str) -> None:
 def _claim_then_die(settings: WorkerSettings, study_id: int) -> optuna.Trial:
     """A worker that claims a trial, sends one heartbeat and then "dies" (stops beating)."""
     dead = Worker(settings, study_ids=[study_id])
-    (row,) = dead.active_studies()
-    handle = dead.handle(row)
+    (row,) = dead.lifecycle.studies(ACTIVE, [study_id])
+    handle = dead.lifecycle.open(row)
     assert handle is not None
-    trial = dead.claim_trial(handle)
-    assert trial is not None
+    claimed = dead.lifecycle.claim(handle)
+    assert claimed is not None
+    trial = claimed[0]
     handle.storage.record_heartbeat(trial._trial_id)
     dead.close()
     return trial
@@ -244,25 +247,26 @@ def test_after_an_outage_live_trials_get_a_grace_period_to_beat_again(database_u
     study_id = new_study(database_url, n_trials=2, max_retries=1)
     settings = worker_settings(database_url, grace_period_s=1)
     other = Worker(settings, study_ids=[study_id])  # a live worker, training one trial
-    (row,) = other.active_studies()
-    theirs = other.handle(row)
+    (row,) = other.lifecycle.studies(ACTIVE, [study_id])
+    theirs = other.lifecycle.open(row)
     assert theirs is not None
-    trial = other.claim_trial(theirs)
-    assert trial is not None
+    claimed = other.lifecycle.claim(theirs)
+    assert claimed is not None
+    trial = claimed[0]
     theirs.storage.record_heartbeat(trial._trial_id)
     me = Worker(settings, study_ids=[study_id])
-    (row,) = me.active_studies()
-    mine = me.handle(row)
+    (row,) = me.lifecycle.studies(ACTIVE, [study_id])
+    mine = me.lifecycle.open(row)
     assert mine is not None
-    me.db_reached(False)  # the database goes down: nobody's beats get through
+    me.lifecycle.clock.reached(False)  # the database goes down: nobody's beats get through
     time.sleep(1.5)
-    me.recover(mine)
-    me.db_reached(True)  # it is back (what the loop and the heartbeat thread report)
-    me.recover(mine)
+    me.lifecycle.recover(mine)
+    me.lifecycle.clock.reached(True)  # it is back (what the loop and the heartbeat thread report)
+    me.lifecycle.recover(mine)
     state = theirs.storage.get_trial(trial._trial_id).state
     assert state == TrialState.RUNNING  # its worker has not had the chance to beat again
     time.sleep(1.2)  # a whole grace period back, still no beat: that worker is gone
-    me.recover(mine)
+    me.lifecycle.recover(mine)
     assert theirs.storage.get_trial(trial._trial_id).state == TrialState.FAIL
     other.close()
     me.close()
@@ -335,9 +339,9 @@ def test_an_orphaned_trial_without_heartbeat_is_failed_and_retried(sqlite_url: s
     study_id = new_study(sqlite_url, n_trials=2)
     settings = worker_settings(sqlite_url, orphan_after_s=0.5)
     dead = Worker(settings, study_ids=[study_id])  # dies between ask() and its first heartbeat
-    (row,) = dead.active_studies()
-    handle = dead.handle(row)
-    assert handle is not None and dead.claim_trial(handle) is not None
+    (row,) = dead.lifecycle.studies(ACTIVE, [study_id])
+    handle = dead.lifecycle.open(row)
+    assert handle is not None and dead.lifecycle.claim(handle) is not None
     dead.close()
     time.sleep(0.7)
     stats = run_study(study_id, settings, train_fn=fake_train())
@@ -372,7 +376,7 @@ def test_median_pruner_prunes_bad_trials(sqlite_url: str) -> None:
         n_trials=8,
         epochs=4,
         search_space={"real_lr": {"choices": [0.001, 0.05]}},
-        sampler={"name": "random", "seed": 1},
+        sampler={"name": "random", "seed": 5},  # the first two (startup) trials draw 0.05
         pruner={"name": "median", "n_startup_trials": 2, "n_warmup_steps": 0},
     )
     run_study(study_id, worker_settings(sqlite_url), train_fn=fake_train())

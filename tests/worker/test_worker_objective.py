@@ -52,7 +52,7 @@ def _sample(spec, n: int = 20) -> list[optuna.trial.FrozenTrial]:
 def test_every_family_maps_to_its_optimizer_config(family: str) -> None:
     spec = parse_spec(SPEC_EXAMPLES[family])
     trial = optuna.create_study(directions=spec.directions).ask()
-    config = build_train_config(spec, trial, device="cpu", data_dir="/data")
+    config = build_train_config(spec, trial, device="cpu", data_root="/data")
     assert config.optimizer.name == family
     assert (config.model, config.dataset, config.epochs) == (spec.model, spec.dataset, spec.epochs)
     assert config.batch_size == spec.batch_size and config.device == "cpu"

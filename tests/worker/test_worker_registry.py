@@ -86,7 +86,7 @@ def test_registry_errors_never_reach_the_loop_or_trials(
         connection.execute(text("DROP TABLE bnn_workers"))
     engine.dispose()
     study_id = new_study(fresh_sqlite_url, n_trials=2)
-    with caplog.at_level(logging.WARNING, logger="worker.loop"):
+    with caplog.at_level(logging.WARNING, logger="worker.registration"):
         stats = run_study(study_id, worker_settings(fresh_sqlite_url), train_fn=fake_train())
     assert stats.by_state == {"COMPLETE": 2} and stats.errors == 0
     assert study_row(fresh_sqlite_url, study_id).status == "completed"

@@ -1,0 +1,219 @@
+"""One study as this worker trains it: claim the next trial, check whether to stop, keep a
+trial's heartbeat, train solo, tell and count outcomes.
+
+:class:`StudyRun` is the whole interface a trial runner needs (the solo path here and
+:class:`worker.stacked.StackedRun`); neither sees the :class:`worker.loop.Worker`.
+
+Budget (exact across workers): a fresh trial is created only after
+``UPDATE bnn_studies SET n_claimed = n_claimed + 1 WHERE id = :id AND n_claimed < n_trials``
+matched a row (:meth:`service.lifecycle.Lifecycle.claim`). Retries (WAITING trials with
+``system_attrs['failed_trial']``) never consume budget. Hence COMPLETE + PRUNED + finally-FAILED
+trials == n_trials when the study completes.
+
+Seeds: a seeded study samples each fresh trial with a sampler seeded from (the spec's seed,
+the claim's index), recorded as user attr ``sampler_seed``: reruns draw the same points, and
+workers that share the spec's seed still draw different ones.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+
+from bnn_core.config import TrainConfig
+from service.lifecycle import Lifecycle, StudyContext, is_connectivity_error, timed_out
+from worker.control import Heartbeat
+from worker.datasets import DataSets
+from worker.objective import build_sampler, claim_seed
+from worker.settings import WorkerSettings, use_compile
+from worker.trial import (
+    STUDY_STOPPED,
+    WORKER_TERMINATED,
+    TrialOutcome,
+    prepare_trial,
+    retry_db,
+    tell_outcome,
+    train_trial,
+)
+
+__all__ = ["STUDY_TIMED_OUT", "WorkerStats", "StudyRun"]
+
+logger = logging.getLogger(__name__)
+
+STATUS_CHECK_S = 1.0  # at most one status query per second per running trial
+STUDY_TIMED_OUT = "study timed out"  # timeout_s passed: running trials end at their next epoch
+
+
+@dataclass
+class WorkerStats:
+    """What a worker did (returned by :func:`worker.loop.run_worker`)."""
+
+    trials: int = 0
+    by_state: dict[str, int] = field(default_factory=dict)
+    db_errors: int = 0
+    errors: int = 0
+
+
+class StudyRun:
+    """The trials of one study on this worker's ``device``."""
+
+    def __init__(
+        self,
+        lifecycle: Lifecycle,
+        ctx: StudyContext,
+        settings: WorkerSettings,
+        *,
+        device: str,
+        stop: threading.Event,
+        stats: WorkerStats,
+        datasets: DataSets,
+        train_fn: Callable[..., Any] | None = None,
+    ) -> None:
+        self.lifecycle = lifecycle
+        self.ctx = ctx
+        self.spec = ctx.spec
+        self.settings = settings
+        self.device = "cpu" if ctx.spec.device == "cpu" else device
+        self.stop = stop
+        self.stats = stats
+        self.datasets = datasets
+        self.train_fn = train_fn
+        self._status: tuple[float, str, Any] = (0.0, "running", None)
+
+    # -- claiming -------------------------------------------------------------------------
+
+    def claim(self) -> optuna.Trial | None:
+        """A retry first, else a fresh trial within the budget; None when neither is left."""
+        claimed = self.lifecycle.claim(self.ctx, self._sampler_for)
+        if claimed is None:
+            return None
+        trial, index = claimed
+        seed = self.spec.sampler.seed
+        if index is not None and seed is not None and self.spec.sampler.name != "qmc":
+            retry_db(
+                lambda: trial.set_user_attr("sampler_seed", claim_seed(seed, index)),
+                "sampler_seed",
+            )
+        return trial
+
+    def _sampler_for(self, index: int) -> optuna.samplers.BaseSampler:
+        seed = self.spec.sampler.seed
+        if seed is None or self.spec.sampler.name == "qmc":  # QMC: trial number picks the point
+            return self.ctx.study.sampler
+        return build_sampler(self.spec, seed=claim_seed(seed, index))
+
+    def claim_next(self, in_flight: int) -> optuna.Trial | None:
+        """Another trial while ``in_flight`` trials of this run are training; None when the
+        worker, the study, the worker's trial cap or the database says stop."""
+        cap = self.settings.worker_max_trials
+        if self.stop.is_set() or self.should_stop() is not None:
+            return None
+        if cap is not None and self.stats.trials + in_flight >= cap:
+            return None
+        try:
+            return self.claim()
+        except Exception as exc:
+            if not is_connectivity_error(exc):
+                raise
+            logger.warning("no further trial (database unavailable: %s)", exc)
+            return None
+
+    # -- running --------------------------------------------------------------------------
+
+    def should_stop(self) -> str | None:
+        """Checked after every epoch: SIGTERM, then the study's status and timeout (throttled).
+        SIGTERM in a stopping study ends the trial as stopped (no retry: the study is not
+        resumed)."""
+        if self.stop.is_set():
+            try:
+                status, _ = self.lifecycle.status_and_start(self.ctx.id)
+            except Exception as exc:
+                if not is_connectivity_error(exc):
+                    raise
+                return WORKER_TERMINATED
+            return STUDY_STOPPED if status in ("stopping", "stopped") else WORKER_TERMINATED
+        now = time.monotonic()
+        checked, status, started = self._status
+        if now - checked >= STATUS_CHECK_S:
+            try:
+                status, started = self.lifecycle.status_and_start(self.ctx.id)
+            except Exception as exc:
+                if not is_connectivity_error(exc):
+                    raise
+                return None  # keep training; the next epoch checks again
+            self._status = (now, status, started)
+        if status not in ("queued", "running"):
+            return STUDY_STOPPED if status in ("stopping", "stopped") else f"study {status}"
+        if timed_out(self.spec.timeout_s, started):
+            return STUDY_TIMED_OUT
+        return None
+
+    def heartbeat(self, trial: optuna.Trial) -> Heartbeat:
+        """The heartbeat of ``trial`` (not started); its beats tell the stale clock whether
+        the database answered."""
+        return Heartbeat(
+            self.ctx.storage,
+            trial._trial_id,
+            self.settings.heartbeat_interval_s,
+            self.lifecycle.clock.reached,
+        )
+
+    def prepare(self, trial: optuna.Trial, *, stacked: bool) -> TrainConfig:
+        """Sample the trial's config (see :func:`worker.trial.prepare_trial`)."""
+        return prepare_trial(
+            self.spec,
+            trial,
+            worker_id=self.settings.worker_id,
+            device=self.device,
+            data_root=self.datasets.root,
+            download=self.settings.download,
+            compile=use_compile(self.settings.compile, self.device, stacked=stacked),
+        )
+
+    def finish(self, trial: optuna.Trial, outcome: TrialOutcome) -> None:
+        """Tell Optuna the outcome (a retry enqueued when asked), then count and log it."""
+        tell_outcome(self.ctx.study, trial, outcome, self.ctx.retry_callback)
+        self.record(trial, outcome)
+
+    def record(self, trial: optuna.Trial, outcome: TrialOutcome) -> None:
+        state = outcome.state.name
+        self.stats.trials += 1
+        self.stats.by_state[state] = self.stats.by_state.get(state, 0) + 1
+        logger.info(
+            "study %s trial %s: %s in %.1fs%s",
+            self.ctx.id,
+            trial.number,
+            state,
+            outcome.seconds,
+            f" ({outcome.error or outcome.stop_reason})" if state != "COMPLETE" else "",
+        )
+
+    def run_solo(self, trial: optuna.Trial) -> None:
+        """Train one trial, with its heartbeat running until the outcome is told."""
+        self._status = (0.0, "running", None)
+        with self.heartbeat(trial):
+            outcome = train_trial(
+                self.spec,
+                trial,
+                lambda: self.prepare(trial, stacked=False),
+                self.should_stop,
+                train_fn=self.train_fn or self._train_cached,
+            )
+            tell_outcome(self.ctx.study, trial, outcome, self.ctx.retry_callback)
+        self.record(trial, outcome)
+
+    def load_data(self) -> Any:
+        return self.datasets.load(self.spec.dataset, self.spec.data_subdir)
+
+    def _train_cached(self, config: TrainConfig, on_epoch_end: Any = None) -> Any:
+        """``bnn_core.train.train`` on the cached data set (errors fail the trial)."""
+        from bnn_core.train import train
+
+        dataset = self.datasets.load(config.dataset, config.data_subdir)
+        return train(config, on_epoch_end, dataset=dataset)
