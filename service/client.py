@@ -192,13 +192,14 @@ class Client:
         """Poll until the study ends (completed, failed, stopped, deleted); the final study.
         ``progress`` draws a tqdm bar over finished trials (stderr)."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        bar = _progress_bar(progress)
+        bar = None
         try:
             while True:
                 study = self.get(study_id)
-                total = int(study.get("n_trials") or 0)
+                total = int(study.get("n_trials") or 0)  # resume may grow it while we wait
                 done = finished_count(self.trials(study_id), total)
-                if bar is not None:
+                if progress:
+                    bar = bar or _progress_bar(total)
                     bar.total = total
                     bar.n = done
                     bar.set_postfix(status=study.get("status"), refresh=False)
@@ -293,12 +294,10 @@ def read_spec(spec: dict[str, Any] | str | Path) -> dict[str, Any]:
     return data
 
 
-def _progress_bar(enabled: bool) -> Any:
-    if not enabled:
-        return None
+def _progress_bar(total: int) -> Any:
     from tqdm.auto import tqdm
 
-    return tqdm(total=0, unit="trial", desc="trials", dynamic_ncols=True)
+    return tqdm(total=total, unit="trial", desc="trials", dynamic_ncols=True)
 
 
 def _api_error(response: Any) -> ApiError:

@@ -166,7 +166,8 @@ def follow_study(
     """A tqdm bar over finished trials until the study ends or its budget is used up."""
     from tqdm import tqdm
 
-    with tqdm(total=0, unit="trial", desc="trials", dynamic_ncols=True) as bar:
+    total = int(client.get(study_id).get("n_trials") or 0)
+    with tqdm(total=total, unit="trial", desc="trials", dynamic_ncols=True) as bar:
         while True:
             study, trials = client.get(study_id), client.trials(study_id)
             total = int(study.get("n_trials") or 0)
