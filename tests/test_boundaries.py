@@ -73,6 +73,47 @@ def test_service_never_imports_torch() -> None:
     )
 
 
+def test_the_worker_never_imports_the_api_process_modules() -> None:
+    report = _probe("worker", ["service.api", "service.app", "service.reaper"])
+    assert report["failed"] == [], report["failed"]
+    assert report["loaded"] == [], f"importing worker loaded {report['loaded']}"
+
+
+STORAGE_LAYER = (
+    "service.db",
+    "service.errors",
+    "service.lifecycle",
+    "service.migrate",
+    "service.models",
+    "service.schemas",
+    "service.settings",
+    "service.spec",
+    "service.studies",
+    "service.vocabulary",
+    "service.workers",
+)
+
+
+def test_the_storage_layer_never_imports_torch() -> None:
+    code = textwrap.dedent(
+        f"""
+        import importlib, json, sys
+        for name in {list(STORAGE_LAYER)!r}:
+            importlib.import_module(name)
+        forbidden = ("torch", "bnn_core", "worker", "fastapi", "service.api", "service.app")
+        print(json.dumps(sorted(
+            m for m in sys.modules if any(m == f or m.startswith(f + ".") for f in forbidden)
+        )))
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    loaded = json.loads(result.stdout.strip().splitlines()[-1])
+    assert loaded == [], f"the storage layer loaded {loaded}"
+
+
 @pytest.mark.parametrize(
     "argv",
     [
