@@ -30,6 +30,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from service.api import api_router, health_router
 from service.db import make_engine, make_session_factory
 from service.errors import InvalidSpecError, ServiceError
+from service.metrics import install_metrics
 from service.reaper import Reaper
 from service.settings import Settings, get_settings
 from service.spec import spec_errors
@@ -115,6 +116,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings or get_settings()
     app.include_router(health_router)
     app.include_router(api_router)
+    install_metrics(app)  # /metrics and request counters (service.metrics)
     _add_exception_handlers(app)
     return app
 
