@@ -4,6 +4,16 @@ Run with ``uvicorn service.app:create_app --factory``, ``uvicorn service.app:app
 first access from the environment) or ``bnn-tune serve``. Startup does not
 migrate the database; ``GET /ready`` says whether it is reachable and migrated. The lifespan runs
 the stale-trial reaper (:mod:`service.reaper`) every ``reaper_interval_s``.
+
+Before any route runs, :class:`service.guards.RequestGuard` caps the body (413) and admits only
+JSON state changes (415). ``/docs`` and ``/redoc`` load Swagger UI and ReDoc from assets that
+the ``fastapi-offline`` package ships and this app serves itself, so they work without internet
+access (an air-gapped GPU host).
+
+Errors become one status each: :class:`service.errors.ServiceError` its own, invalid input 422,
+a database that cannot be reached 503 (with Retry-After), and a database that refuses the
+request's data (``DataError``, a constraint) 422, since retrying it would fail the same way;
+the one rule telling the two apart is ``service.lifecycle.errors.is_connectivity_error``.
 """
 
 from __future__ import annotations
@@ -11,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import secrets
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -23,13 +32,17 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
+from fastapi_offline import FastAPIOffline
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
-from service.api import api_router, health_router
+from service.api import api_router, health_router, key_matches
 from service.db import make_engine, make_session_factory
 from service.errors import InvalidSpecError, ServiceError
+from service.guards import RequestGuard
+from service.lifecycle.errors import db_error_text, is_connectivity_error
+from service.logtext import loggable
 from service.metrics import install_metrics
 from service.reaper import Reaper
 from service.settings import Settings, get_settings
@@ -39,6 +52,8 @@ __all__ = ["create_app", "RETRY_AFTER_S"]
 
 logger = logging.getLogger(__name__)
 RETRY_AFTER_S = 5
+# Where the Swagger UI / ReDoc scripts, stylesheet and icon are served from.
+DOCS_ASSETS_URL = "/docs-assets"
 REAPER_SHUTDOWN_S = 10.0
 
 
@@ -87,7 +102,7 @@ async def _reap_forever(reaper: Reaper, interval_s: float, stop: asyncio.Event) 
         try:
             await asyncio.to_thread(reaper.reap_once)
         except Exception as exc:  # noqa: BLE001 - the API must outlive database outages
-            logger.warning("stale-trial reaper: %s", exc)
+            logger.warning("stale-trial reaper: %s", loggable(exc))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), interval_s)
 
@@ -106,18 +121,21 @@ async def _stop_reaper(running: _RunningReaper | None) -> None:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app for ``settings`` (default: :func:`service.settings.get_settings`)."""
-    app = FastAPI(
+    settings = settings or get_settings()
+    app = FastAPIOffline(
         title="BNN-Tune",
         summary="Hyperparameter tuning for binary neural networks (Bop, Bop2, filter, latent).",
         version="0.1.0",
         lifespan=_lifespan,
         generate_unique_id_function=_unique_id,
+        static_url=DOCS_ASSETS_URL,
     )
-    app.state.settings = settings or get_settings()
+    app.state.settings = settings
     app.include_router(health_router)
     app.include_router(api_router)
     install_metrics(app)  # /metrics and request counters (service.metrics)
     _add_exception_handlers(app)
+    app.add_middleware(RequestGuard, max_body_bytes=settings.max_request_bytes)
     return app
 
 
@@ -125,8 +143,8 @@ def _add_exception_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ServiceError, _service_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
     for exc_type in (OperationalError, DBAPIError, PoolTimeoutError):
-        app.add_exception_handler(exc_type, _database_down)
-    app.add_exception_handler(optuna.exceptions.StorageInternalError, _database_down)
+        app.add_exception_handler(exc_type, _database_error)
+    app.add_exception_handler(optuna.exceptions.StorageInternalError, _database_error)
 
 
 async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
@@ -159,8 +177,7 @@ def _key_ok(request: Request) -> bool:
     key = request.app.state.settings.api_key
     if not key or not request.url.path.startswith("/api/"):
         return True
-    given = request.headers.get("X-API-Key")
-    return given is not None and secrets.compare_digest(given, key)
+    return key_matches(request.headers.get("X-API-Key"), key)
 
 
 def _body_error(raw: Any, error: dict[str, str]) -> dict[str, str]:
@@ -176,8 +193,16 @@ def _body_error(raw: Any, error: dict[str, str]) -> dict[str, str]:
     return error
 
 
-async def _database_down(request: Request, exc: Exception) -> JSONResponse:
-    logger.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc)
+async def _database_error(request: Request, exc: Exception) -> JSONResponse:
+    """503 + Retry-After when the database cannot be reached; 422 when it refused the data."""
+    where = f"{request.method} {loggable(request.url.path)}"
+    if not is_connectivity_error(exc):
+        logger.info("database refused the data of %s: %s", where, loggable(db_error_text(exc)))
+        return JSONResponse(
+            {"detail": "the database refused this request's data; check its strings and numbers"},
+            status_code=422,
+        )
+    logger.warning("database unavailable on %s: %s", where, loggable(exc))
     return JSONResponse(
         {"detail": "database unavailable, retry later"},
         status_code=503,

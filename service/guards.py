@@ -11,6 +11,8 @@
   API sends no CORS headers, so a preflighted request is never let through). ``DELETE`` always
   needs a preflight and is therefore not checked. Clients send ``application/json`` even
   without a body (``{}`` or empty).
+* **422** when a JSON body is not UTF-8 (JSON text is UTF-8 by definition), in the API's error
+  shape with field ``<body>``.
 """
 
 from __future__ import annotations
@@ -73,6 +75,13 @@ class RequestGuard:
             return
         if body is None:  # the client went away while sending
             return
+        if is_json_media_type(headers.get(b"content-type", b"").decode("latin-1")):
+            try:
+                body.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                error = {"field": "<body>", "message": f"not UTF-8: {exc.reason}", "type": "utf8"}
+                await _reply(send, 422, "invalid input (<body>)", errors=[error])
+                return
         await self.app(scope, _replay(body, receive), send)
 
     def _check_declared_length(self, headers: dict[bytes, bytes]) -> None:
@@ -120,8 +129,13 @@ def _replay(body: bytes, receive: Receive) -> Receive:
     return replay
 
 
-async def _reply(send: Send, status: int, detail: str) -> None:
-    body = json.dumps({"detail": detail}).encode()
+async def _reply(
+    send: Send, status: int, detail: str, errors: list[dict[str, str]] | None = None
+) -> None:
+    content: dict[str, Any] = {"detail": detail}
+    if errors is not None:
+        content["errors"] = errors
+    body = json.dumps(content).encode()
     headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),

@@ -1,9 +1,10 @@
 """The primitive field types every spec field is built from.
 
-* :data:`Name`/:data:`Text`: strings without NUL or other control characters (a NUL cannot be
-  stored by PostgreSQL, and a newline in a one-line value forges log lines); ``Text`` (free-form
-  descriptions) allows tab and newline. Lone UTF-16 surrogates are refused too: they cannot be
-  encoded as UTF-8 for the database.
+* :func:`name_str`/:func:`text_str`: length-limited strings without NUL or other control
+  characters (a NUL cannot be stored by PostgreSQL, and a newline in a one-line value forges log
+  lines); ``text_str`` (free-form descriptions) allows tab and newline. Lone UTF-16 surrogates
+  are refused too: they cannot be encoded as UTF-8 for the database. The length limit and the
+  pattern show in the OpenAPI schema.
 * :data:`FiniteFloat`: a finite number (no Infinity/NaN, no booleans).
 * :func:`bounded_int`: a real integer (``1e6`` or ``true`` are refused, not converted) within
   ``[low, high]``; the bounds show in the OpenAPI schema.
@@ -14,13 +15,14 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BeforeValidator, Field, Strict
+from pydantic import AfterValidator, BeforeValidator, Field, Strict, StringConstraints
 
 __all__ = [
-    "Name",
-    "Text",
+    "name_str",
+    "text_str",
     "FiniteFloat",
     "PositiveFloat",
+    "finite_float",
     "bounded_int",
     "no_control_chars",
 ]
@@ -49,9 +51,16 @@ def _check_text(value: str) -> str:
     return no_control_chars(value, allow_newlines=True)
 
 
-# A one-line string; callers add max_length (and a pattern where the value is a name).
-Name = Annotated[str, Strict(), AfterValidator(_check_name)]
-Text = Annotated[str, Strict(), AfterValidator(_check_text)]
+def name_str(max_length: int, pattern: str | None = None) -> Any:
+    """A one-line string of at most ``max_length`` characters (matching ``pattern``)."""
+    constraints = StringConstraints(strict=True, max_length=max_length, pattern=pattern)
+    return Annotated[str, constraints, AfterValidator(_check_name)]
+
+
+def text_str(max_length: int) -> Any:
+    """Free text of at most ``max_length`` characters; tab and newline allowed."""
+    constraints = StringConstraints(strict=True, max_length=max_length)
+    return Annotated[str, constraints, AfterValidator(_check_text)]
 
 
 def _not_bool(value: Any) -> Any:
@@ -60,8 +69,15 @@ def _not_bool(value: Any) -> Any:
     return value
 
 
-FiniteFloat = Annotated[float, BeforeValidator(_not_bool), Field(allow_inf_nan=False)]
-PositiveFloat = Annotated[FiniteFloat, Field(gt=0)]
+def finite_float(gt: float | None = None, ge: float | None = None, le: float | None = None) -> Any:
+    """A finite ``float`` (no booleans) within the given bounds."""
+    return Annotated[
+        float, Field(allow_inf_nan=False, gt=gt, ge=ge, le=le), BeforeValidator(_not_bool)
+    ]
+
+
+FiniteFloat = finite_float()
+PositiveFloat = finite_float(gt=0)
 
 
 def bounded_int(low: int, high: int) -> Any:

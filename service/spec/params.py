@@ -51,7 +51,14 @@ from pydantic import (
 
 from service.limits import MAX_CHOICE_CHARS, MAX_CHOICES, MAX_EPOCHS
 from service.spec.errors import fail
-from service.spec.fields import FiniteFloat, Name, PositiveFloat, bounded_int, no_control_chars
+from service.spec.fields import (
+    FiniteFloat,
+    PositiveFloat,
+    bounded_int,
+    finite_float,
+    name_str,
+    no_control_chars,
+)
 from service.vocabulary import LATENT_LR_SCALINGS, SCHEDULE_KINDS, ScheduleKind
 
 __all__ = [
@@ -160,7 +167,7 @@ class RangeSpec(_Strict):
     low: FiniteFloat
     high: FiniteFloat
     log: StrictBool = False
-    step: PositiveFloat | None = None
+    step: PositiveFloat | None = None  # type: ignore[valid-type]
     include_zero: StrictBool = Field(
         False, description="Also offer exactly 0 as its own choice (threshold, weight_decay)."
     )
@@ -176,7 +183,7 @@ class RangeSpec(_Strict):
         return self
 
 
-ChoiceString = Annotated[Name, Field(max_length=MAX_CHOICE_CHARS)]
+ChoiceString = name_str(MAX_CHOICE_CHARS)
 ChoiceValue = StrictBool | bounded_int(-_EXACT_INT, _EXACT_INT) | StrictFloat | ChoiceString
 
 
@@ -190,10 +197,12 @@ class ScheduleSpec(_Strict):
     """A fixed schedule (see ``bnn_core.config.Schedule``); a bare kind string means defaults."""
 
     kind: ScheduleKind = "constant"
-    factor: FiniteFloat = Field(0.1, gt=0, le=1)
+    factor: finite_float(gt=0, le=1) = 0.1  # type: ignore[valid-type]
     every_epochs: bounded_int(1, MAX_EPOCHS) = 100  # type: ignore[valid-type]
-    end_value: FiniteFloat = Field(0.0, ge=0)
-    power: FiniteFloat = Field(1.0, gt=0, le=100, description="Exponent of ``polynomial``.")
+    end_value: finite_float(ge=0) = 0.0  # type: ignore[valid-type]
+    power: finite_float(gt=0, le=100) = Field(  # type: ignore[valid-type]
+        1.0, description="Exponent of ``polynomial``."
+    )
 
 
 def _param_kind(value: Any) -> str:

@@ -25,14 +25,14 @@ an lr schedule is scaled per layer the same way.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from service import limits
 from service.spec.errors import fail
 from service.spec.examples import add_schema_examples
-from service.spec.fields import FiniteFloat, Name, Text, bounded_int
+from service.spec.fields import bounded_int, finite_float, name_str, text_str
 from service.spec.params import (
     FAMILY_PARAMS,
     PARAM_ALIASES,
@@ -109,18 +109,18 @@ class StudySpec(_Strict):
         extra="forbid", allow_inf_nan=False, json_schema_extra=add_schema_examples
     )
 
-    name: Annotated[Name, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")] = Field(
+    name: name_str(limits.MAX_NAME_CHARS, r"^[a-z0-9][a-z0-9_-]{0,62}$") = Field(  # type: ignore[valid-type]
         description="Unique slug: lowercase letters, digits, '-' and '_', at most 63 chars.",
     )
-    description: Annotated[Text, Field(max_length=limits.MAX_DESCRIPTION_CHARS)] | None = None
-    owner: Annotated[Name, Field(max_length=limits.MAX_OWNER_CHARS)] | None = None
+    description: text_str(limits.MAX_DESCRIPTION_CHARS) | None = None  # type: ignore[valid-type]
+    owner: name_str(limits.MAX_OWNER_CHARS) | None = None  # type: ignore[valid-type]
     optimizer: OptimizerFamily
     search_space: dict[str, ParamSpec] | None = Field(
         None, description="Parameter -> fixed | range | choices. None: the family's default."
     )
     model: ModelName = "mlp"
     dataset: DatasetName = "digits"
-    data_subdir: Annotated[Name, Field(pattern=DATA_SUBDIR_PATTERN)] | None = Field(
+    data_subdir: name_str(64, DATA_SUBDIR_PATTERN) | None = Field(  # type: ignore[valid-type]
         None,
         description="One folder name under the worker's data root holding the data set "
         "(None: the data set's default folder). No '/', no '..', no absolute path.",
@@ -134,10 +134,8 @@ class StudySpec(_Strict):
     n_trials: bounded_int(1, limits.MAX_N_TRIALS) = Field(  # type: ignore[valid-type]
         20, description="Study-wide trial budget."
     )
-    timeout_s: FiniteFloat | None = Field(
+    timeout_s: finite_float(gt=0, le=limits.MAX_TIMEOUT_S) | None = Field(  # type: ignore[valid-type]
         None,
-        gt=0,
-        le=limits.MAX_TIMEOUT_S,
         description="Wall-clock budget of the study, counted from its first trial: then no "
         "trial starts and running ones end at their next epoch.",
     )
@@ -152,7 +150,7 @@ class StudySpec(_Strict):
     max_retries: bounded_int(0, limits.MAX_RETRIES) | None = Field(  # type: ignore[valid-type]
         None, description="Retries of a failed/stale trial (None: settings.max_retries)."
     )
-    device: Annotated[Name, Field(max_length=8, pattern=DEVICE_PATTERN)] = Field(
+    device: name_str(8, DEVICE_PATTERN) = Field(  # type: ignore[valid-type]
         "auto", description=DEVICE_DESCRIPTION
     )
     precision: Precision = "fp32"

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import yaml
 
 from service.app import create_app
 from service.settings import Settings
 from service.spec import SPEC_EXAMPLES
+from service.vocabulary import OPTIMIZER_FAMILIES
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 MAX_TRIALS, MAX_EPOCHS = 500, 200  # the limits of the `server` fixture (tests/service/conftest.py)
 
@@ -159,12 +164,14 @@ def test_api_key_not_needed_when_unset(client: httpx.Client) -> None:
     assert client.get("/api/v1/studies").status_code == 200
 
 
-def test_openapi_documents_examples_per_family(client: httpx.Client) -> None:
+def test_openapi_examples_are_the_example_files(client: httpx.Client) -> None:
     schema = client.get("/openapi.json").json()
     post = schema["paths"]["/api/v1/studies"]["post"]
     assert post["operationId"] == "studies-create_study"
     examples = post["requestBody"]["content"]["application/json"]["examples"]
-    assert set(examples) == {"bop", "bop2", "filter", "latent-adam", "latent-sgd"}
+    files = {path.stem: yaml.safe_load(path.read_text()) for path in EXAMPLES.glob("*.yaml")}
+    assert {name: e["value"] for name, e in examples.items()} == files
+    assert {e["value"]["optimizer"] for e in examples.values()} == set(OPTIMIZER_FAMILIES)
     assert "X-API-Key" in str(schema["components"]["securitySchemes"])
 
 
