@@ -12,8 +12,9 @@ access (an air-gapped GPU host).
 
 Errors become one status each: :class:`service.errors.ServiceError` its own, invalid input 422,
 a database that cannot be reached 503 (with Retry-After), and a database that refuses the
-request's data (``DataError``, a constraint) 422, since retrying it would fail the same way;
-the one rule telling the two apart is ``service.lifecycle.errors.is_connectivity_error``.
+request's data (``DataError``, ``IntegrityError``) 422, since retrying it would fail the same
+way; the one rule telling outages apart is ``service.lifecycle.errors.is_connectivity_error``.
+Any other database error (a missing table: not migrated) stays a 503 for the operator.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from fastapi_offline import FastAPIOffline
 from sqlalchemy import Engine
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from service.api import api_router, health_router, key_matches
@@ -196,7 +197,7 @@ def _body_error(raw: Any, error: dict[str, str]) -> dict[str, str]:
 async def _database_error(request: Request, exc: Exception) -> JSONResponse:
     """503 + Retry-After when the database cannot be reached; 422 when it refused the data."""
     where = f"{request.method} {loggable(request.url.path)}"
-    if not is_connectivity_error(exc):
+    if _refused_data(exc):
         logger.info("database refused the data of %s: %s", where, loggable(db_error_text(exc)))
         return JSONResponse(
             {"detail": "the database refused this request's data; check its strings and numbers"},
@@ -208,6 +209,20 @@ async def _database_error(request: Request, exc: Exception) -> JSONResponse:
         status_code=503,
         headers={"Retry-After": str(RETRY_AFTER_S)},
     )
+
+
+def _refused_data(exc: BaseException) -> bool:
+    """The database refused the values it was given (NUL byte, too long, a constraint)."""
+    if is_connectivity_error(exc):
+        return False
+    current: BaseException | None = exc
+    for _ in range(20):  # the cause chain (Optuna wraps driver errors)
+        if current is None:
+            return False
+        if isinstance(current, DataError | IntegrityError):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
 
 
 def __getattr__(name: str) -> FastAPI:

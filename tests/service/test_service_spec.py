@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,12 @@ from service.spec import (
     StudySpec,
     load_spec,
     parse_spec,
+    spec_examples,
+    stored_spec,
 )
+from service.vocabulary import OPTIMIZER_FAMILIES
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 @pytest.mark.parametrize("family", list(SPEC_EXAMPLES))
@@ -262,3 +268,49 @@ def test_device_rejects_what_no_worker_can_take(device: str) -> None:
     with pytest.raises(SpecError) as info:
         parse_spec({"name": "dev", "optimizer": "bop", "device": device})
     assert [e["field"] for e in info.value.errors] == ["device"]
+
+
+@pytest.mark.parametrize("subdir", ["cifar10", "cifar-10-batches-py", "MNIST.v2", "a"])
+def test_data_subdir_is_one_folder_name(subdir: str) -> None:
+    spec = parse_spec({"name": "sub", "optimizer": "bop", "data_subdir": subdir})
+    assert spec.data_subdir == subdir
+
+
+@pytest.mark.parametrize(
+    "subdir", ["..", ".", "../x", "/abs", "a/b", "a\\b", ".hidden", "", "x" * 65, "a\nb"]
+)
+def test_data_subdir_rejects_paths(subdir: str) -> None:
+    with pytest.raises(SpecError) as info:
+        parse_spec({"name": "sub", "optimizer": "bop", "data_subdir": subdir})
+    assert [e["field"] for e in info.value.errors] == ["data_subdir"]
+
+
+@pytest.mark.parametrize("field", ["data_dir", "download"])
+def test_new_specs_cannot_name_a_data_location(field: str) -> None:
+    with pytest.raises(SpecError) as info:
+        parse_spec({"name": "old", "optimizer": "bop", field: "/etc"})
+    assert [e["field"] for e in info.value.errors] == [field]
+
+
+def test_stored_spec_reads_old_specs_with_a_data_location() -> None:
+    old = {"name": "old", "optimizer": "bop", "data_dir": "/srv/data", "download": True}
+    spec = stored_spec(old)
+    assert spec.data_subdir is None and "data_dir" not in spec.model_dump()
+
+
+def test_spec_examples_are_the_example_files() -> None:
+    files = {p.stem: yaml.safe_load(p.read_text()) for p in sorted(EXAMPLES.glob("*.yaml"))}
+    assert spec_examples() == files
+    first_per_family: dict[str, dict] = {}
+    for data in files.values():
+        first_per_family.setdefault(data["optimizer"], data)
+    assert SPEC_EXAMPLES == first_per_family
+    assert set(SPEC_EXAMPLES) == set(OPTIMIZER_FAMILIES)
+
+
+def test_pyproject_installs_every_example_file() -> None:
+    """``pip install .`` puts examples/*.yaml under <prefix>/share/bnn-tune/examples, where
+    service.spec.examples looks when the package runs outside a checkout (the API image)."""
+    pyproject = tomllib.loads((EXAMPLES.parent / "pyproject.toml").read_text())
+    data_files = pyproject["tool"]["setuptools"]["data-files"]
+    assert data_files["share/bnn-tune/examples"] == ["examples/*.yaml"]
