@@ -37,6 +37,8 @@ CUDA (``tuning``). Out-of-memory back-off, parking and shrinking live in ``slots
 
 from __future__ import annotations
 
+import json
+import logging
 import time
 import warnings
 from collections import deque
@@ -59,6 +61,8 @@ from .group import GroupBuilder
 from .network import CONV_IMPLS
 from .slots import EpochCallback, Slot, SlotManager, TrialEndCallback, TrialSource
 from .stackable import SHARED_FIELDS, check_stackable, is_stackable
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "SHARED_FIELDS",
@@ -147,6 +151,10 @@ class StackedTrainer(GroupBuilder, SlotManager):
             self._end_epoch(epoch)
             self.shrink_if_idle()
         self.park_compiled()
+        # One parseable line per run (benchmarks/e2e_study.py reads it from worker logs).
+        timings = {k: round(v, 3) for k, v in self.timings.items()}
+        summary = {"slots": self.n_slots, "trials": len(self.results), "steps": self.steps_run}
+        logger.info("stacked run timings %s", json.dumps({**summary, **timings}))
         return [self.results[i] for i in sorted(self.results)]
 
     def _busy(self) -> bool:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -437,19 +435,6 @@ def test_choose_slots_on_cpu_returns_the_cap() -> None:
     assert choose_slots("mlp", (1, 8, 8), 50, "cpu", max_slots=8) == 8
     if not torch.cuda.is_available():
         assert choose_slots("mlp", (1, 8, 8), 50, "auto", max_slots=3) == 3
-
-
-def test_throughput_benchmark_quick_runs() -> None:
-    script = ROOT / "benchmarks" / "throughput.py"
-    proc = subprocess.run(
-        [sys.executable, str(script), "--quick", "--tiny"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=ROOT,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "images/s" in proc.stdout and "stacked" in proc.stdout
 
 
 def test_non_sequential_resnet_is_verified_and_trains_stacked() -> None:
