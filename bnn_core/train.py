@@ -3,7 +3,11 @@
 Per step: forward (bf16 autocast on CUDA if asked), mean-reduced cross-entropy on the logits,
 ``backward``, then the binary + real optimizer pair steps. Flips are counted on the device
 (``metrics.FlipCounter``), loss/accuracy sums stay on the device, and the host reads them once
-per epoch (plus one cheap divergence check every ``DIVERGENCE_CHECK_EVERY`` steps).
+per epoch (plus one cheap divergence check every ``DIVERGENCE_CHECK_EVERY`` steps). A stop
+request (``should_stop``) is polled every ``config.stop_check_steps`` steps, on the host only.
+
+"val" is a held-out part of the training set, or the test set in the reproduction protocol
+(``config.eval_protocol``; ``evaluation_split``).
 """
 
 from __future__ import annotations
