@@ -1,6 +1,6 @@
 """BinaryNet training throughput: naive baseline vs our single-trial path vs N stacked trials.
 
-Measures, in one run and on one device (performance.md section 6, M1/M3/M4/M5):
+Measures, in one run and on one device:
 
 (a) naive: one trial, a torch ``DataLoader`` over a CPU ``TensorDataset`` with per-sample
     augmentation (pad 4, crop, flip), fp32, eager, ``.item()`` every step;
@@ -19,6 +19,8 @@ Data are random uint8 images of CIFAR-10 shape (same cost as the real ones).
 
     python benchmarks/throughput.py                # full size (GPU)
     python benchmarks/throughput.py --quick        # CPU smoke run, < 2 min
+    python benchmarks/throughput.py --profile --skip-naive --batch-sizes 256 --slots ""
+                                                   # top kernels of each case (torch.profiler)
 
 At full size a run takes several minutes on an H100 (every case trains two epochs of 50k
 images); ``--images 20000`` shortens it. Each case prints a line as it finishes.
@@ -31,6 +33,7 @@ import math
 import platform
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +50,7 @@ from bnn_core.data import Dataset, random_cifar10  # noqa: E402
 from bnn_core.models import build_model  # noqa: E402
 from bnn_core.optim import build_optimizer  # noqa: E402
 from bnn_core.stacked import (  # noqa: E402
+    CAPTURE_MODES,
     CONV_IMPLS,
     STACKABLE_FAMILIES,
     StackedTrainer,
@@ -54,9 +58,9 @@ from bnn_core.stacked import (  # noqa: E402
 )
 from bnn_core.train import train  # noqa: E402
 
-PEAK_FLOPS = 798e12  # H100 bf16, measured (performance.md 4.1)
+PEAK_FLOPS = 798e12  # dense bf16 FLOP/s measured on an H100 with large matmuls
 EPOCH_IMAGES = 50_000
-RECIPE_EPOCHS = 100  # Bop paper 5.1
+RECIPE_EPOCHS = 100  # the Bop paper's CIFAR-10 recipe
 
 
 def forward_macs(model: nn.Module, input_shape: tuple[int, int, int]) -> int:
@@ -159,7 +163,7 @@ def trial_config(
 ) -> TrainConfig:
     cuda = device.type == "cuda"
     if precision is None:
-        precision = "bf16" if cuda else "fp32"
+        precision = args.precision if args.precision != "auto" else ("bf16" if cuda else "fp32")
     return TrainConfig(
         model="binarynet",
         dataset="cifar10",
@@ -189,8 +193,9 @@ def run_single(
 def run_stacked(args, data: Dataset, batch: int, n: int, device: torch.device) -> float:  # noqa: ANN001
     queue = [trial_config(args, batch, seed, device) for seed in range(n)]
     trainer = StackedTrainer(
-        n, dataset=data, model_options=args.model_options, conv_impl=args.conv_impl
-    )
+        n, dataset=data, model_options=args.model_options, conv_impl=args.conv_impl,
+        capture=args.capture,
+    )  # fmt: skip
     results = trainer.run(lambda: (queue.pop(0), None) if queue else None)
     if trainer.oom_backoffs:
         raise RuntimeError(f"out of memory at N={n}")
@@ -198,6 +203,21 @@ def run_stacked(args, data: Dataset, batch: int, n: int, device: torch.device) -
     print(f"  stacked N={n} batch {batch}: convs {trainer.conv_impl_chosen}"
           f"{f' (fwd+bwd {timings})' if timings else ''}")  # fmt: skip
     return timed([e.seconds for e in results[0].epochs])
+
+
+def profiled(name: str, batch: int, fn: Callable[[], float], device: torch.device) -> float:
+    """``fn()`` under torch.profiler; prints the top kernels by device (or CPU) time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(ProfilerActivity.CUDA)
+    with profile(activities=activities) as prof:
+        seconds = fn()
+    key = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
+    print(f"  profile: {name} batch {batch}, top kernels by {key}")
+    print(prof.key_averages().table(sort_by=key, row_limit=15, max_name_column_width=60))
+    return seconds
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -226,6 +246,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--fp32-single", action=argparse.BooleanOptionalAction, default=None,
         help="also time our single trial in fp32 (default: on CUDA, where ours is bf16)",
     )  # fmt: skip
+    parser.add_argument(
+        "--precision", default="auto", choices=("auto", "fp32", "bf16"),
+        help="ours single and stacked (auto: bf16 on CUDA, fp32 on the CPU)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--capture", default="off", choices=CAPTURE_MODES,
+        help="stacked: the whole step as a CUDA graph (graph/auto, CUDA only)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--profile", action="store_true",
+        help="run each case under torch.profiler and print its top kernels",
+    )  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="CPU smoke sizes (< 2 min)")
     parser.add_argument("--tiny", action="store_true", help="with --quick: the tiniest run")
     args = parser.parse_args(argv)
@@ -253,7 +285,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.backends.cudnn.benchmark = True
     args.model_options = {"width": args.width, "dense_units": args.dense}
     batches = [int(b) for b in args.batch_sizes.split(",")]
-    slots = [int(n) for n in args.slots.split(",")]
+    slots = [int(n) for n in args.slots.split(",") if n.strip()]
     data = random_cifar10(int(args.images / 0.9))
     n_train = len(data.y_train) - max(1, round(0.1 * len(data.y_train)))
     model = build_model("binarynet", (3, 32, 32), 10, **args.model_options)
@@ -280,15 +312,16 @@ def main(argv: list[str] | None = None) -> None:
                 (f"ours single{tag}", 1, lambda b=batch: run_single(args, data, b, device))
             )
         for n in slots:
-            fits = choose_slots(
+            fits = choose_slots(  # the memory bound only: the table times each N itself
                 "binarynet", (3, 32, 32), batch, device, n, model_options=args.model_options,
                 family=args.family, precision="bf16" if device.type == "cuda" else "fp32",
+                by_throughput=False,
             )  # fmt: skip
             cases.append((f"stacked N={fits}{tag}", fits, lambda b=batch, k=fits: run_stacked(
                 args, data, b, k, device)))  # fmt: skip
         for name, n, fn in cases:
             try:
-                seconds = fn()
+                seconds = profiled(name, batch, fn, device) if args.profile else fn()
             except (RuntimeError, torch.cuda.OutOfMemoryError) as exc:
                 print(f"  {name} batch {batch}: failed ({exc})")
                 continue

@@ -1,4 +1,4 @@
-"""Fuse N copies of one architecture into one grouped network (HFTA-style, performance.md 2.2).
+"""Fuse N copies of one architecture into one grouped network (as HFTA fuses models).
 
 Layout: trial ``n`` owns channels ``[n*C, (n+1)*C)`` of every activation, so a 4-D activation
 is ``[B, N*C, H, W]`` and a flat one ``[B, N*F]``. With that layout
@@ -91,8 +91,8 @@ def trial_view(tensor: Tensor, n_trials: int) -> Tensor:
 
 # How a stacked binary convolution runs: "grouped" = one convolution with groups=N;
 # "split" = N ordinary convolutions on the trials' channel slices, concatenated. Same function;
-# which is faster depends on the cuDNN build and the shapes (performance.md 2.2: grouped kernels
-# can be slower than separate ones), so ``StackedTrainer`` times both on CUDA.
+# which is faster depends on the cuDNN build and the shapes (grouped kernels can be slower than
+# separate ones), so ``StackedTrainer`` times both on CUDA.
 CONV_IMPLS = ("grouped", "split")
 
 

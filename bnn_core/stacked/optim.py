@@ -26,10 +26,10 @@ stacked step uses ``addcmul(a, b, alpha_tensor)``: bit-identical on the CPU the 
 a kernel that fuses one into an FMA and not the other differs in the last bit only.
 
 State (Bop ``m``, Bop2ndOrder ``m, v``, CEMA ``m, x``, Adam moments, SGD momentum buffers)
-is fp32 whatever the autocast dtype: with gamma ~ 1e-4, ``1 - gamma`` is 1 in bf16
-(performance.md 3.3). The gradients reaching this optimizer are fp32 tensors (autocast casts
-the weight inside the op, so autograd returns an fp32 grad); with bf16 there is no loss
-scaling, hence no unscale step before the threshold test.
+is fp32 whatever the autocast dtype: with gamma ~ 1e-4, ``1 - gamma`` is 1 in bf16. The
+gradients reaching this optimizer are fp32 tensors (autocast casts the weight inside the op,
+so autograd returns an fp32 grad); with bf16 there is no loss scaling, hence no unscale step
+before the threshold test.
 """
 
 from __future__ import annotations
