@@ -13,13 +13,17 @@ with a trainer that does no work, so all time is coordination. Workers are threa
 Reported per run: trials coordinated per second, p50/p99 latency of a claim (retry or budget
 claim + ask) and of a tell, peak connections the PostgreSQL server saw for the database
 (``pg_stat_activity``, sampled every 50 ms), duplicates (a trial told twice), zombies (RUNNING
-trials left), budget overshoot (finished trials beyond ``n_trials``).
+trials left), budget overshoot (finished trials beyond ``n_trials``) and database transactions per
+trial (``pg_stat_database``: startup, polling and registry included), the figure that scales a
+fleet's load on paper.
 
 Modes: ``direct`` (every worker its own pools to PostgreSQL) and ``pgbouncer`` (the same workers
 through a PgBouncer in transaction pooling mode, ``default_pool_size`` server connections).
 PgBouncer before 1.21 cannot carry psycopg's automatic prepared statements across
 transactions; in that mode this script turns them off in the worker processes (in production
-use PgBouncer >= 1.21 with ``max_prepared_statements``, as deploy/k8s does).
+use PgBouncer >= 1.21 with ``max_prepared_statements``, as deploy/k8s does). It also opens
+Optuna's storage with ``skip_compatibility_check=True`` (see :func:`_skip_optuna_schema_check`;
+``--keep-optuna-check`` shows the deadlock it avoids).
 
 ``--private-postgres`` starts a throw-away PostgreSQL cluster (initdb, a free port,
 ``max_connections=2000``) so a large K cannot exhaust a shared server's connections. Without
@@ -119,8 +123,32 @@ def _no_prepared_statements() -> None:
     psycopg.connect = psycopg.Connection.connect  # the module-level alias SQLAlchemy calls
 
 
+def _skip_optuna_schema_check() -> None:
+    """``RDBStorage(...)`` checks Optuna's schema version inside an open transaction and asks
+    Alembic for the version on a second connection meanwhile. Behind a transaction pool smaller
+    than the number of workers starting at once, every server connection ends up held by a
+    first transaction waiting for a second one: PgBouncer deadlocks until query_wait_timeout.
+    The worker checks the schema itself before opening the storage, so the check can go."""
+    import optuna
+
+    original = optuna.storages.RDBStorage.__init__
+
+    def init(self: Any, *args: Any, **kwargs: Any) -> None:
+        kwargs["skip_compatibility_check"] = True
+        original(self, *args, **kwargs)
+
+    optuna.storages.RDBStorage.__init__ = init  # type: ignore[method-assign]
+
+
 def _worker_process(
-    url: str, study_id: int, names: list[str], epochs: int, plain: bool, go: Any, out: Any
+    url: str,
+    study_id: int,
+    names: list[str],
+    epochs: int,
+    plain: bool,
+    skip_check: bool,
+    go: Any,
+    out: Any,
 ) -> None:
     import logging
 
@@ -133,6 +161,8 @@ def _worker_process(
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     if plain:
         _no_prepared_statements()
+    if skip_check:
+        _skip_optuna_schema_check()
     claims: list[float] = []
     tells: list[float] = []
     told: list[int] = []
@@ -278,6 +308,16 @@ class ConnectionSampler:
         self._stop.set()
         self._thread.join()
 
+    def transactions(self) -> int:
+        """Transactions the server has committed or rolled back in the database so far."""
+        import psycopg
+
+        query = "SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = %s"
+        with psycopg.connect(_conninfo(self.admin), autocommit=True) as conn:
+            conn.execute("SELECT pg_stat_clear_snapshot()")
+            row = conn.execute(query, (self.database,)).fetchone()
+        return int(row[0]) if row else 0
+
     def _run(self) -> None:
         import psycopg
 
@@ -305,6 +345,7 @@ class Result:
     duplicates: int
     zombies: int
     overshoot: int
+    transactions: int
     errors: list[str]
 
     @property
@@ -387,7 +428,16 @@ def run_once(args: argparse.Namespace, admin: str, mode: str, workers: int) -> R
             processes = [
                 ctx.Process(
                     target=_worker_process,
-                    args=(worker_url, study_id, group, args.epochs, mode == "pgbouncer", go, out),
+                    args=(
+                        worker_url,
+                        study_id,
+                        group,
+                        args.epochs,
+                        mode == "pgbouncer",
+                        mode == "pgbouncer" and not args.keep_optuna_check,
+                        go,
+                        out,
+                    ),
                 )
                 for group in groups
                 if group
@@ -397,10 +447,13 @@ def run_once(args: argparse.Namespace, admin: str, mode: str, workers: int) -> R
             for _ in processes:
                 out.get(timeout=300)  # every process imported torch, optuna, ...
             with ConnectionSampler(admin, database) as sampler:
+                before = sampler.transactions()
                 start = time.perf_counter()
                 go.set()
                 results = [out.get(timeout=args.time_limit) for _ in processes]
                 seconds = time.perf_counter() - start
+                time.sleep(1.5)  # backends flush their statistics within a second of idling
+                transactions = sampler.transactions() - before
             for process in processes:
                 process.join(timeout=60)
         finished, running, claimed = _final_state(url, study_id)
@@ -421,6 +474,7 @@ def run_once(args: argparse.Namespace, admin: str, mode: str, workers: int) -> R
         len(told) - len(set(told)),
         running,
         max(finished - n_trials, 0) + max(claimed - n_trials, 0),
+        transactions,
         errors,
     )
 
@@ -428,16 +482,16 @@ def run_once(args: argparse.Namespace, admin: str, mode: str, workers: int) -> R
 def print_table(results: list[Result]) -> None:
     header = (
         "| mode | K workers | trials | trials/s | claim p50 / p99 ms | tell p50 / p99 ms "
-        "| peak server connections | duplicates | zombies | overshoot |"
+        "| peak server connections | duplicates | zombies | overshoot | transactions/trial |"
     )
     print(header)
-    print("|---" * 10 + "|")
+    print("|---" * 11 + "|")
     for r in results:
         print(
             f"| {r.mode} | {r.workers} | {r.trials} | {r.per_second:.1f} "
             f"| {r.claim_p50_ms:.0f} / {r.claim_p99_ms:.0f} | {r.tell_p50_ms:.0f} / "
             f"{r.tell_p99_ms:.0f} | {r.peak_connections} | {r.duplicates} | {r.zombies} "
-            f"| {r.overshoot} |"
+            f"| {r.overshoot} | {r.transactions / max(r.trials, 1):.0f} |"
         )
     for r in results:
         for error in r.errors[:5]:
@@ -452,6 +506,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--processes", type=int, default=2, help="processes holding the workers")
     parser.add_argument("--pool-size", type=int, default=20, help="PgBouncer server connections")
+    parser.add_argument(
+        "--keep-optuna-check",
+        action="store_true",
+        help="pgbouncer mode: keep RDBStorage's schema check (deadlocks a small pool)",
+    )
     parser.add_argument("--time-limit", type=float, default=600, help="seconds per run")
     parser.add_argument("--postgres", default=DEFAULT_ADMIN, help="admin URL (throw-away DBs)")
     parser.add_argument("--private-postgres", action="store_true", help="start a private cluster")
