@@ -552,3 +552,28 @@ def test_status_shows_the_pareto_front(
     assert table[0].split() == ["trial", "gamma", "val_acc", "flip_ratio", "flip_ratio", "seconds"]
     assert [line.split()[0] for line in table[2:]] == ["0", "1"]
     assert "best    trial" not in out
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgresql+psycopg://bnn:pw@db:5432/x", "postgresql+psycopg://bnn:***@db:5432/x"),
+        ("postgresql://bnn:p@ss/w@db/x", "postgresql://bnn:***@db/x"),  # unescaped @ and /
+        ("postgresql://bnn@db/x", "postgresql://bnn@db/x"),
+        ("sqlite:////home/a:b@c/x.db", "sqlite:////home/a:b@c/x.db"),
+    ],
+)
+def test_redact_url(url: str, shown: str) -> None:
+    from service.settings import redact_url
+
+    assert redact_url(url) == shown
+
+
+def test_migrate_prints_the_url_without_its_password(
+    fresh_postgres_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = fresh_postgres_url.replace("://postgres@", "://postgres:hunter2@", 1)
+    assert main(["migrate", "--database-url", url]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("database postgresql+psycopg://postgres:***@127.0.0.1")
+    assert "hunter2" not in out
