@@ -360,6 +360,8 @@ def test_non_ascii_api_key_is_401(keyed_base: str, key: bytes) -> None:
     with httpx.Client(base_url=keyed_base) as client:
         response = client.get("/api/v1/studies", headers={"X-API-Key": key})
         assert response.status_code == 401
+        malformed = {"X-API-Key": key, **JSON}
+        assert client.post("/api/v1/studies", content=b"{", headers=malformed).status_code == 401
         assert client.get("/api/v1/studies", headers={"X-API-Key": KEY}).status_code == 200
 
 
@@ -414,3 +416,10 @@ def test_loggable_escapes_line_breaks_and_bounds_length() -> None:
 
 def test_body_that_is_not_utf8_is_422(http: httpx.Client) -> None:
     assert "<body>" in _fields(http.post("/api/v1/studies", content=b'{"name": "\xff\xfe"}'))
+
+
+def test_delete_needs_no_content_type(base: str, unique_name: Callable[..., str]) -> None:
+    """DELETE is never a cross-site simple request (browsers preflight it), so it stays plain."""
+    with httpx.Client(base_url=base, headers=JSON) as json_, httpx.Client(base_url=base) as plain:
+        created = json_.post("/api/v1/studies", json=_spec(unique_name)).json()
+        assert plain.delete(f"/api/v1/studies/{created['id']}").status_code == 200
