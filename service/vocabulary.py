@@ -5,7 +5,7 @@ Contract:
 * This module is the ONE place where the service and the worker read which optimizer families,
   models, datasets, schedule kinds, samplers, pruners, objectives, plot kinds, devices and
   precisions exist. ``service.spec``, ``service.plots``, ``service.api``, ``worker.objective`` and
-  ``worker.cli`` import these names; none of them keeps a copy.
+  ``service.cli`` import these names; none of them keeps a copy.
 * Each vocabulary is a ``Literal`` type (what pydantic validates and what the OpenAPI schema
   shows) and a tuple derived from it with ``typing.get_args`` (what code iterates over), so the
   two cannot disagree.
