@@ -159,3 +159,15 @@ def test_cli_runs_a_recipe_with_overrides(tmp_path: Path, capsys, cifar_shaped) 
     assert result["config"]["optimizer"]["gamma_schedule"]["kind"] == "staircase"
     assert result["config"]["epochs"] == 1 and result["config"]["batch_size"] == 50
     assert math.isclose(result["test_accuracy"], result["epochs"][0]["val_accuracy"])
+
+
+def test_bnn_train_family_defaults() -> None:
+    def optimizer(*argv: str) -> OptimizerConfig:
+        return config_from_args(build_parser().parse_args(list(argv))).optimizer
+
+    flt = optimizer("--optimizer", "filter")
+    assert (flt.alpha, flt.gamma) == (1e-3, 0.1) and flt.alpha <= flt.gamma
+    bop2 = optimizer("--optimizer", "bop2")
+    assert (bop2.gamma, bop2.sigma, bop2.threshold) == (1e-6, 1e-2, 1e-6)
+    bop = optimizer()
+    assert (bop.name, bop.gamma, bop.threshold) == ("bop", 1e-4, 1e-8)
