@@ -32,8 +32,10 @@ Families (``optimizer_response``/``filter_summary``):
 * ``latent-sgd``: the equivalent cascade of ``bnn_core.optim.sgd_to_filter`` (decoupled weight
   decay: :math:`\gamma = 1-\mu`, :math:`\alpha_t = \eta_t\lambda`; coupled L2: the roots of
   :math:`z^2 - (1-\mu+\eta\lambda)z + \eta\lambda`), i.e. the response from the gradient to
-  :math:`x = -\lambda(1-\mu)\theta` (resp. :math:`-\lambda\theta`). Without weight decay the
-  latent weight is a pure integrator and there is no filter view;
+  :math:`x = -\lambda(1-\mu)\theta` (resp. :math:`-\lambda\theta`), with the scheduled lr at
+  the given step (exact for decoupled decay; for coupled L2 under a changing lr, the frozen
+  response is an approximation). Without weight decay the latent weight is a pure integrator
+  and there is no filter view;
 * ``latent-adam``: none. Adam divides by :math:`\sqrt{\hat v}`, a per-weight, time-varying,
   data-dependent gain, so the map from gradients to latent weights is not a linear
   time-invariant filter and has no frequency response.
