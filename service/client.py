@@ -70,14 +70,15 @@ class ApiError(ClientError):
 def check_api_url(url: str) -> str:
     """``url`` without a trailing slash, or ClientError with the URL to use instead."""
     url = url.strip().rstrip("/")
+    where = "(--api-url, BNN_TUNE_API_URL)"
     if "://" not in url:
-        raise ClientError(f"API URL {url!r} has no scheme; use 'http://{url}'")
+        raise ClientError(f"API URL {url!r} has no scheme; use 'http://{url}' {where}")
     if not url.split("://", 1)[1]:
-        raise ClientError(f"API URL {url!r} names no host")
+        raise ClientError(f"API URL {url!r} names no host {where}")
     if url.endswith(API_PREFIX):
         raise ClientError(
             f"API URL {url!r} ends in {API_PREFIX}, which the client adds itself; "
-            f"use {url.removesuffix(API_PREFIX)!r}"
+            f"use {url.removesuffix(API_PREFIX)!r} {where}"
         )
     return url
 
@@ -93,6 +94,8 @@ class Client:
 
         self.url = check_api_url(api_url or os.environ.get("BNN_TUNE_API_URL") or DEFAULT_API_URL)
         key = api_key if api_key is not None else os.environ.get("BNN_TUNE_API_KEY")
+        if key and not (key.isascii() and key.isprintable()):  # HTTP headers cannot carry it
+            raise ClientError("the API key must be printable ASCII (--api-key, BNN_TUNE_API_KEY)")
         self._http = httpx.Client(
             base_url=self.url + API_PREFIX,
             headers={"X-API-Key": key} if key else {},

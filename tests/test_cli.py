@@ -393,7 +393,8 @@ def test_embedded_demo_spec_is_the_example(
 def test_bad_api_url_is_one_line_with_a_hint(url: str, hint: str) -> None:
     result = _run("status", "1", "--api-url", url)
     assert result.returncode == 2
-    assert result.stderr.startswith("bnn-tune status: error: --api-url: ")
+    assert result.stderr.startswith("bnn-tune status: error: API URL ")
+    assert "(--api-url, BNN_TUNE_API_URL)" in result.stderr
     assert hint in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
 

@@ -122,6 +122,8 @@ def test_bad_urls_and_unreachable_server() -> None:
         Client("http://h:8000/api/v1/")
     with Client("http://127.0.0.1:9") as c, pytest.raises(ConnectionFailed):
         c.list_studies()
+    with pytest.raises(ClientError, match="printable ASCII"):
+        Client("http://127.0.0.1:9", api_key="clé")
     with pytest.raises(ClientError, match="cannot read spec"):
         Client("http://127.0.0.1:9").submit("/nonexistent/spec.yaml")
 

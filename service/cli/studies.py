@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from service.cli.errors import CliError
 from service.cli.tables import is_terminal, studies_table, study_summary, workers_table
-from service.client import DEFAULT_API_URL, Client, ClientError
+from service.client import DEFAULT_API_URL, Client
 
 if TYPE_CHECKING:
     from service.spec import StudySpec
@@ -38,10 +38,8 @@ __all__ = [
 
 
 def client_from_args(args: argparse.Namespace) -> Client:
-    try:
-        return Client(args.api_url, args.api_key)
-    except ClientError as exc:
-        raise CliError(f"--api-url: {exc}") from None
+    """A client for ``--api-url``/``--api-key`` (else their environment variables)."""
+    return Client(args.api_url, args.api_key)
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
