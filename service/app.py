@@ -11,6 +11,7 @@ the ``fastapi-offline`` package ships and this app serves itself, so they work w
 access (an air-gapped GPU host).
 
 Errors become one status each: :class:`service.errors.ServiceError` its own, invalid input 422,
+a stored spec that today's rules refuse 409,
 a database that cannot be reached 503 (with Retry-After), and a database that refuses the
 request's data (``DataError``, ``IntegrityError``) 422, since retrying it would fail the same
 way; the one rule telling outages apart is ``service.lifecycle.errors.is_connectivity_error``.
@@ -47,7 +48,7 @@ from service.logtext import loggable
 from service.metrics import install_metrics
 from service.reaper import Reaper
 from service.settings import Settings, get_settings
-from service.spec import spec_errors
+from service.spec import SpecError, spec_errors
 
 __all__ = ["create_app", "RETRY_AFTER_S"]
 
@@ -143,6 +144,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 def _add_exception_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ServiceError, _service_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
+    app.add_exception_handler(SpecError, _stored_spec_invalid)  # type: ignore[arg-type]
     for exc_type in (OperationalError, DBAPIError, PoolTimeoutError):
         app.add_exception_handler(exc_type, _database_error)
     app.add_exception_handler(optuna.exceptions.StorageInternalError, _database_error)
@@ -171,6 +173,14 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
     errors = [_body_error(raw, e) for raw, e in zip(exc.errors(), flat, strict=True)]
     fields = ", ".join(e["field"] for e in errors)
     return JSONResponse({"detail": f"invalid input ({fields})", "errors": errors}, 422)
+
+
+async def _stored_spec_invalid(request: Request, exc: SpecError) -> JSONResponse:
+    """A study stored by an older version whose spec today's rules refuse (``stored_spec`` is
+    the only reader of stored specs; request bodies fail earlier, as RequestValidationError)."""
+    fields = ", ".join(e["field"] for e in exc.errors)
+    detail = f"this study's stored spec is not valid any more ({fields}); delete it"
+    return JSONResponse({"detail": detail, "errors": exc.errors}, status_code=409)
 
 
 def _key_ok(request: Request) -> bool:

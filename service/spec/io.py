@@ -5,7 +5,9 @@
 * :func:`stored_spec`: THE reader of a spec stored with a study; every reader (API, worker,
   plots) goes through it. It drops the fields that specs no longer have (``data_dir``,
   ``download``: the data location moved to the worker) and skips the checks added after a
-  spec may have been stored, so old studies stay readable.
+  spec may have been stored, so old studies stay readable. A stored spec that is still invalid
+  (one accepted by an older, laxer version, e.g. ``device: mps``) raises :class:`SpecError`
+  naming its fields, like a new one.
 """
 
 from __future__ import annotations
@@ -56,7 +58,10 @@ def stored_spec(data: Any) -> StudySpec:
     """A spec read back from the database (see the module docstring)."""
     if isinstance(data, dict):
         data = {k: v for k, v in data.items() if k not in RETIRED_FIELDS}
-    return StudySpec.model_validate(data, context={"stored": True})
+    try:
+        return StudySpec.model_validate(data, context={"stored": True})
+    except ValidationError as exc:
+        raise SpecError(spec_errors(exc)) from exc
 
 
 def load_spec(path: str | Path, settings: Settings | None = None) -> StudySpec:

@@ -18,6 +18,7 @@ One test per class of hostile input, each asserting the status code it now gets:
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
 from collections.abc import Callable, Iterator
@@ -423,3 +424,30 @@ def test_delete_needs_no_content_type(base: str, unique_name: Callable[..., str]
     with httpx.Client(base_url=base, headers=JSON) as json_, httpx.Client(base_url=base) as plain:
         created = json_.post("/api/v1/studies", json=_spec(unique_name)).json()
         assert plain.delete(f"/api/v1/studies/{created['id']}").status_code == 200
+
+
+def test_stored_spec_that_todays_rules_refuse_is_409(
+    http: httpx.Client, postgres_url: str, unique_name: Callable[..., str]
+) -> None:
+    """A study stored by an older, laxer version (``device: mps`` was accepted) is reported,
+    not a 500."""
+    from sqlalchemy import create_engine
+
+    created = http.post("/api/v1/studies", json=_spec(unique_name)).json()
+    engine = create_engine(postgres_url)
+    try:
+        with engine.begin() as connection:
+            row = connection.execute(
+                text("SELECT spec FROM bnn_studies WHERE id = :id"), {"id": created["id"]}
+            ).scalar_one()
+            old = {**row, "device": "mps", "data_dir": "/srv/data"}
+            connection.execute(
+                text("UPDATE bnn_studies SET spec = :spec WHERE id = :id"),
+                {"spec": json.dumps(old), "id": created["id"]},
+            )
+    finally:
+        engine.dispose()
+    response = http.get(f"/api/v1/studies/{created['id']}")
+    assert response.status_code == 409, response.text
+    assert [e["field"] for e in response.json()["errors"]] == ["device"]
+    assert http.get("/api/v1/studies").status_code == 200

@@ -314,3 +314,9 @@ def test_pyproject_installs_every_example_file() -> None:
     pyproject = tomllib.loads((EXAMPLES.parent / "pyproject.toml").read_text())
     data_files = pyproject["tool"]["setuptools"]["data-files"]
     assert data_files["share/bnn-tune/examples"] == ["examples/*.yaml"]
+
+
+def test_stored_spec_still_invalid_raises_spec_error_naming_the_field() -> None:
+    with pytest.raises(SpecError) as info:
+        stored_spec({"name": "old", "optimizer": "bop", "device": "mps", "download": False})
+    assert [e["field"] for e in info.value.errors] == ["device"]
