@@ -192,3 +192,47 @@ def test_final_status_rule() -> None:
     status, error = final_status([long])
     assert status == "failed" and error is not None and len(error) < 400
     assert error.startswith("the only trial failed; first error: xxx") and error.endswith("...")
+
+
+def test_reaper_fails_a_poisoned_study_once_and_goes_on(
+    postgres_url: str, unique_name: Callable[..., str]
+) -> None:
+    # The only trial failed with a NUL byte in its error; the study's error is made of it, and
+    # PostgreSQL refuses NUL in text. The reaper stores it made safe (not a retried "outage"),
+    # and a second, healthy study in the same pass is finished as well.
+    from service.lifecycle import Lifecycle
+    from service.models import Study
+    from service.spec import parse_spec
+    from service.studies import create_study, make_optuna_storage
+
+    engine = make_engine(postgres_url)
+    storage = make_optuna_storage(postgres_url)
+    ids = []
+    for name, error in (("poison", "no such folder data\x00/x"), ("healthy", None)):
+        spec = parse_spec({"name": unique_name(name), "optimizer": "bop", "n_trials": 1})
+        with session_scope(engine) as session:
+            study = create_study(session, storage, spec)
+        with session_scope(engine) as session:
+            assert claim_slot(session, study.id) == 0
+        optuna_study = optuna.load_study(study_name=study.optuna_study_name, storage=storage)
+        trial = optuna_study.ask()
+        if error is None:
+            optuna_study.tell(trial, 0.5)
+        else:
+            trial.set_user_attr("error", error)
+            optuna_study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        ids.append(study.id)
+    storage.engine.dispose()
+    lifecycle = Lifecycle(Settings(database_url=postgres_url), engine)
+    try:
+        assert lifecycle.reap_once() == 2
+        assert lifecycle.reap_once() == 0  # both finished: nothing to look at again
+    finally:
+        lifecycle.close()
+    with session_scope(engine) as session:
+        poisoned, healthy = (session.get(Study, i) for i in ids)
+        assert poisoned is not None and healthy is not None
+        assert poisoned.status == "failed"
+        assert poisoned.error == "the only trial failed; first error: no such folder data?/x"
+        assert (healthy.status, healthy.error) == ("completed", None)
+    engine.dispose()
