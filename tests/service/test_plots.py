@@ -1,0 +1,169 @@
+"""Every plot kind, for every family, as PNG and SVG, from trials in real Optuna storage
+(SQLite and PostgreSQL); the "nothing yet" states; the plot route's query parameters.
+
+Trials are written through Optuna (ask/tell) the way the worker writes them: sampled
+parameters (``<name>_is_zero`` first for ``include_zero`` ranges), ``epochs`` records with
+per-layer flip ratios, and the ``filter`` record computed by ``bnn_core.filters`` from the
+sampled configuration (the service only draws it).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+from collections.abc import Callable
+from typing import Any
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from bnn_core.config import OptimizerConfig, Schedule
+from bnn_core.filters import filter_summary
+from service.plots import PLOT_KINDS, render_plot
+from service.spec import SPEC_EXAMPLES, ChoiceSpec, RangeSpec, StudySpec
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+LAYERS = ["conv1", "conv2", "dense1", "dense2"]
+STEPS_PER_EPOCH = 36
+# bop2 with the threshold Optuna records as threshold_is_zero / threshold (include_zero).
+BOP2_SPACE = {
+    "gamma": {"low": 1e-6, "high": 1e-2, "log": True},
+    "sigma": {"low": 1e-7, "high": 1e-2, "log": True},
+    "threshold": {"low": 1e-9, "high": 1e-4, "log": True, "include_zero": True},
+}
+FAMILIES = {
+    "bop": {},
+    "bop2": {"search_space": BOP2_SPACE},
+    "filter": {},  # two objectives: val_accuracy and flip_ratio
+    "latent-sgd": {},
+    "latent-adam": {},
+}
+FILTER_FIELDS = ("gamma", "threshold", "sigma", "alpha", "lr", "momentum", "weight_decay")
+
+
+def make_spec(family: str, name: str | None = None, **overrides: Any) -> StudySpec:
+    body = {**SPEC_EXAMPLES[family], **FAMILIES.get(family, {}), **overrides}
+    return StudySpec.model_validate({**body, "name": name or f"plot-{family}"})
+
+
+def _suggest(trial: optuna.Trial, spec: StudySpec) -> dict[str, Any]:
+    """The worker's sampling semantics: include_zero asks ``<name>_is_zero`` first."""
+    values: dict[str, Any] = {}
+    for name, param in spec.space.items():
+        if isinstance(param, RangeSpec):
+            if param.include_zero and trial.suggest_categorical(f"{name}_is_zero", [True, False]):
+                values[name] = 0.0
+            else:
+                values[name] = trial.suggest_float(name, param.low, param.high, log=param.log)
+        elif isinstance(param, ChoiceSpec):
+            values[name] = trial.suggest_categorical(name, list(param.choices))
+    return values
+
+
+def _filter_record(family: str, values: dict[str, Any]) -> dict[str, Any] | None:
+    if family == "latent-adam":
+        return None
+    fields = {k: float(v) for k, v in values.items() if k in FILTER_FIELDS}
+    extra: dict[str, Any] = {"decoupled_weight_decay": True} if family == "latent-sgd" else {}
+    if family == "filter":
+        extra["alpha_schedule"] = Schedule()
+        fields["alpha"] = min(fields["alpha"], fields["gamma"])
+    if family == "latent-sgd" and fields.get("weight_decay", 0.0) == 0.0:
+        return None  # a pure integrator: the worker records no filter
+    config = OptimizerConfig(name=family, **fields, **extra)
+    return filter_summary(config, STEPS_PER_EPOCH)
+
+
+def _epochs(rng: random.Random, accuracy: float, n: int) -> list[dict[str, Any]]:
+    records = []
+    for epoch in range(1, n + 1):
+        per_layer = {
+            layer: 10 ** (-2 - i * 0.5 - epoch * 0.15 + rng.uniform(-0.1, 0.1))
+            for i, layer in enumerate(LAYERS)
+        }
+        records.append(
+            {
+                "epoch": epoch,
+                "val_accuracy": accuracy * (1 - math.exp(-epoch)) / (1 - math.exp(-n)),
+                "flip_ratio": sum(per_layer.values()) / len(per_layer),
+                "flip_ratio_per_layer": per_layer,
+                "val_loss": "nan" if epoch == 1 and accuracy < 0.3 else 1.0 / epoch,
+            }
+        )
+    return records
+
+
+def fill_study(
+    study: optuna.Study, spec: StudySpec, n_trials: int, seed: int = 0, n_epochs: int = 6
+) -> None:
+    """``n_trials`` finished trials (one in eight pruned, one in ten failed) of ``spec``."""
+    rng = random.Random(seed)
+    for i in range(n_trials):
+        trial = study.ask()
+        values = _suggest(trial, spec)
+        accuracy = rng.uniform(0.3, 0.95)
+        trial.set_user_attr("epochs", _epochs(rng, accuracy, n_epochs))
+        if spec.optimizer != "latent-adam":
+            trial.set_user_attr("filter", _filter_record(spec.optimizer, values))
+        if i % 10 == 9:
+            trial.set_user_attr("error", "FloatingPointError: training diverged")
+            study.tell(trial, state=TrialState.FAIL)
+        elif i % 8 == 7:
+            if not spec.is_multi_objective:
+                trial.report(accuracy / 2, 1)
+            study.tell(trial, state=TrialState.PRUNED)
+        elif spec.is_multi_objective:
+            study.tell(trial, [accuracy, 10 ** rng.uniform(-4, -1)])
+        else:
+            study.tell(trial, accuracy)
+
+
+def new_study(url: str, spec: StudySpec, name: str) -> optuna.Study:
+    return optuna.create_study(storage=url, study_name=name, directions=spec.directions)
+
+
+def svg_text(svg: bytes) -> str:
+    """The text of an SVG rendered with text as text, tags dropped."""
+    return " ".join(re.sub(r"<[^>]+>", " ", svg.decode()).split())
+
+
+def render_both(kind: str, spec: StudySpec, trials: list, **kwargs: Any) -> str:
+    png = render_plot(kind, spec, trials, "png", **kwargs)
+    assert png.startswith(b"\x89PNG") and len(png) > 5000, kind
+    svg = render_plot(kind, spec, trials, "svg", **kwargs)
+    assert svg.lstrip().startswith(b"<?xml") and b"<svg" in svg, kind
+    return svg_text(svg)
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_every_kind_renders_png_and_svg(
+    family: str, database_url: str, unique_name: Callable[..., str]
+) -> None:
+    spec = make_spec(family)
+    study = new_study(database_url, spec, unique_name(family))
+    fill_study(study, spec, n_trials=12)
+    trials = study.get_trials(deepcopy=False)
+    texts = {kind: render_both(kind, spec, trials, status="completed") for kind in PLOT_KINDS}
+
+    # every sampled parameter has a panel; include_zero ranges a "0" strip
+    for name, param in spec.space.items():
+        if isinstance(param, RangeSpec | ChoiceSpec):
+            assert name in texts["params"], (family, name)
+    if family == "bop2":
+        assert "threshold (0 at left)" in texts["params"]
+    if spec.is_multi_objective:
+        assert "Pareto front" in texts["pareto"] and "flip_ratio" in texts["pareto"]
+    else:
+        assert "needs two objectives" in texts["pareto"]
+    if family == "latent-adam":
+        assert "latent Adam has no filter view" in texts["filter"]
+    else:
+        assert "pass band of #" in texts["filter"] and "steps" in texts["filter"]
+        assert f"period (epochs of {STEPS_PER_EPOCH} steps)" in texts["filter"]
+    if family == "latent-sgd":
+        assert "equivalent cascaded filter" in texts["filter"]
+    assert "dense2" in texts["layer-flips"] and "all layers" in texts["layer-flips"]
+    assert "importance" in texts["importance"].lower()
