@@ -24,12 +24,15 @@ Contract (every caller may rely on these; every change here must keep them):
   ``stopped`` once nothing runs.
 * A study whose Optuna study vanished (renamed or deleted in optuna-dashboard, which shares the
   database) ends ``failed`` with an error saying so (:func:`fail_vanished`).
+* Every process opens Optuna's storage through :func:`make_storage` (one engine per retry
+  policy), on a database that :func:`database_problem` found migrated.
 * Database errors split in two (:func:`is_connectivity_error`): a lost connection is retried;
   any other (a NUL byte, a constraint, a value too long) is the data's fault and fails the study
   or trial it belongs to, so one poisoned study never stalls the others.
 """
 
 from service.lifecycle.errors import db_error_text, is_connectivity_error
+from service.lifecycle.lifecycle import Lifecycle, StudyContext
 from service.lifecycle.recovery import (
     STOPPED_ERROR,
     VOLATILE_ATTRS,
@@ -54,13 +57,7 @@ from service.lifecycle.state import (
     transition,
     vanished_error,
 )
-from service.lifecycle.storage import (
-    DatabaseNotReady,
-    Lifecycle,
-    StudyContext,
-    database_problem,
-    make_storage,
-)
+from service.lifecycle.storage import DatabaseNotReady, database_problem, make_storage
 
 __all__ = [
     "ACTIVE",

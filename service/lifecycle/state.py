@@ -14,6 +14,7 @@ from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import ColumnElement, func, select, true, update
 from sqlalchemy.orm import Session
 
+from service.lifecycle.tables import optuna_studies
 from service.models import Study
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "request_stop",
     "timed_out",
     "not_done_reason",
+    "claims_without_trial",
     "final_status",
     "vanished_error",
     "fail_vanished",
@@ -175,10 +177,21 @@ def not_done_reason(row: Study, trials: Sequence[FrozenTrial], *, timed_out: boo
     waiting = [t.number for t in trials if t.state == TrialState.WAITING]
     if waiting:
         return f"trials {waiting} WAITING"
-    originals = sum(1 for t in trials if "failed_trial" not in t.system_attrs)
-    if originals < row.n_claimed:
-        return f"{originals} trials for {row.n_claimed} claims"
+    if missing := claims_without_trial(row, trials):
+        return f"{row.n_claimed - missing} trials for {row.n_claimed} claims"
     return None
+
+
+def claims_without_trial(row: Study, trials: Sequence[FrozenTrial]) -> int:
+    """Claims of study ``row`` that have no trial (yet) once its budget is used up and nothing
+    RUNNING or WAITING keeps it open: the claim's ``UPDATE`` committed but its ``ask()`` did
+    not (in progress, or its worker died in between). Retries are not claims."""
+    if row.n_claimed < row.n_trials:
+        return 0
+    if any(t.state in (TrialState.RUNNING, TrialState.WAITING) for t in trials):
+        return 0
+    originals = sum(1 for t in trials if "failed_trial" not in t.system_attrs)
+    return max(row.n_claimed - originals, 0)
 
 
 def trial_error(trial: FrozenTrial) -> str | None:
@@ -220,8 +233,6 @@ def fail_vanished(session: Session, older_than_s: float) -> list[int]:
     """Fail every study (not deleted, not failed) created more than ``older_than_s`` ago whose
     Optuna study no longer exists; the ids of the studies failed. (The API creates the Optuna
     study right after committing the row, so a younger one may simply not have it yet.)"""
-    from service.lifecycle.tables import optuna_studies
-
     exists = select(optuna_studies.c.study_id).where(
         optuna_studies.c.study_name == Study.optuna_study_name
     )
