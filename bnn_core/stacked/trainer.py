@@ -37,6 +37,7 @@ CUDA (``tuning``). Out-of-memory back-off, parking and shrinking live in ``slots
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -199,7 +200,7 @@ class StackedTrainer(GroupBuilder, SlotManager):
         return self._step(x, y, row)
 
     def _step(self, x: Tensor, y: Tensor, row: Tensor) -> tuple[Tensor, Tensor]:
-        with autocast(self.device, self.reference.precision):
+        with self._autocast():
             logits = self.forward(x)
         # Sum over trials of each trial's mean CE: trial n's gradient is its solo gradient.
         per_trial = F.cross_entropy(logits.float().permute(0, 2, 1), y, reduction="none").mean(0)
@@ -210,6 +211,13 @@ class StackedTrainer(GroupBuilder, SlotManager):
         self.optimizer.step(count_mask=row[rows])
         correct = (logits.detach().argmax(-1) == y).sum(0)
         return per_trial.detach(), correct
+
+    def _autocast(self) -> contextlib.AbstractContextManager[None]:
+        """bf16 autocast as ``devices.autocast``; for a captured step without autocast's cast
+        cache, as CUDA graphs require (the same casts, recomputed instead of reused)."""
+        if self._graph is not None and self.reference.precision == "bf16":
+            return torch.autocast(device_type="cuda", dtype=torch.bfloat16, cache_enabled=False)
+        return autocast(self.device, self.reference.precision)
 
     def _first_compiled_step(self, x: Tensor, y: Tensor, row: Tensor) -> tuple[Tensor, Tensor]:
         """The first step after a new compiled network compiles it (forward and backward).

@@ -129,11 +129,14 @@ def _cuda_configs(model: str = "mlp") -> tuple[list[TrainConfig], dict]:
 
 
 @needs_cuda
-@pytest.mark.parametrize("model", ["mlp", "binarynet"])
-def test_captured_step_equals_the_eager_step(model: str) -> None:
+@pytest.mark.parametrize(
+    ("model", "precision"), [("mlp", "fp32"), ("binarynet", "fp32"), ("binarynet", "bf16")]
+)
+def test_captured_step_equals_the_eager_step(model: str, precision: str) -> None:
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     configs, options = _cuda_configs(model)
+    configs = [dataclasses.replace(c, precision=precision) for c in configs]
     data = random_cifar10(400, 50, seed=0) if model == "binarynet" else None
     results = {}
     for capture in ("off", "graph"):
