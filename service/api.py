@@ -28,7 +28,7 @@ from service.errors import InvalidSpecError, NotFoundError, ServiceError, Storag
 from service.limits import INT32_MAX
 from service.migrate import check_migrated
 from service.models import ACTIVE_STATUSES, STUDY_STATUSES, Study
-from service.plots import render_plot
+from service.plots import StudyData, render_plot
 from service.schemas import (
     ErrorBody,
     Links,
@@ -306,12 +306,38 @@ def plot_study(
     session: SessionDep,
     storage: StorageDep,
     format: Annotated[PlotFormat, Query()] = "png",  # noqa: A002
+    trial: Annotated[
+        int | None, Query(ge=0, le=INT32_MAX, description="layer-flips: trial number")
+    ] = None,
+    compare: Annotated[
+        int | None,
+        Query(ge=1, le=INT32_MAX, description="filter: overlay this study's best filters"),
+    ] = None,
 ) -> Response:
-    """Plot `params`, `curves` or `flips` as PNG or SVG."""
+    """Plot `params`, `importance`, `pareto`, `curves`, `flips`, `layer-flips` or `filter` as
+    PNG or SVG (what each shows: `service.plots`)."""
     if kind not in PLOT_KINDS:
         raise NotFoundError(f"unknown plot kind {kind!r}; one of {', '.join(PLOT_KINDS)}")
     study = _study(session, study_id)
-    content = render_plot(kind, ops.spec_of(study), ops.load_trials(storage, study), format)
+    other = None
+    if compare is not None and kind == "filter":
+        try:
+            compared = _study(session, compare)
+        except NotFoundError as exc:
+            raise NotFoundError(f"compare: {exc.message}") from exc
+        other = StudyData(
+            ops.spec_of(compared), ops.load_trials(storage, compared), compared.status
+        )
+    content = render_plot(
+        kind,
+        ops.spec_of(study),
+        ops.load_trials(storage, study),
+        format,
+        status=study.status,
+        error=study.error,
+        trial=trial,
+        compare=other,
+    )
     return Response(content=content, media_type=PLOT_MEDIA_TYPES[format])
 
 
