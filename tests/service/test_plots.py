@@ -21,6 +21,8 @@ from optuna.trial import TrialState
 
 from bnn_core.config import OptimizerConfig, Schedule
 from bnn_core.filters import filter_summary
+from service.db import make_engine, session_scope
+from service.lifecycle import transition
 from service.plots import PLOT_KINDS, render_plot
 from service.spec import SPEC_EXAMPLES, ChoiceSpec, RangeSpec, StudySpec
 
@@ -167,3 +169,110 @@ def test_every_kind_renders_png_and_svg(
         assert "equivalent cascaded filter" in texts["filter"]
     assert "dense2" in texts["layer-flips"] and "all layers" in texts["layer-flips"]
     assert "importance" in texts["importance"].lower()
+
+
+def test_nothing_yet_states_say_why() -> None:
+    """Empty, running-only and failed studies: every kind says why it draws nothing."""
+    spec = make_spec("bop2")
+    study = optuna.create_study(directions=spec.directions)
+    per_epoch = ("curves", "flips", "layer-flips")
+    for kind in PLOT_KINDS:
+        text = svg_text(render_plot(kind, spec, [], "svg", status="queued"))
+        expected = "needs two objectives" if kind == "pareto" else "no completed trials yet"
+        assert expected in text, kind
+    running = study.ask()
+    _suggest(running, spec)
+    for kind in PLOT_KINDS:
+        text = svg_text(render_plot(kind, spec, study.get_trials(), "svg", status="running"))
+        if kind in per_epoch:
+            assert "1 trial running, no epoch finished yet" in text, kind
+        elif kind != "pareto":
+            assert "1 trial running, none completed yet" in text, kind
+    error = "all 3 trials failed; first: FileNotFoundError: no data set in /data/cifar10 " * 4
+    for kind in PLOT_KINDS:
+        text = svg_text(
+            render_plot(kind, spec, study.get_trials(), "svg", status="failed", error=error)
+        )
+        if kind != "pareto":
+            assert "study failed: all 3 trials failed; first: FileNotFoundError" in text, kind
+            assert "learning curves" not in text and len(text) < 4000
+
+
+def test_a_failed_study_without_an_error_names_its_first_failed_trial() -> None:
+    spec = make_spec("bop")
+    study = optuna.create_study(directions=spec.directions)
+    trial = study.ask()
+    trial.set_user_attr("error", "ConfigError: model mlp needs a flat input\nTraceback ...")
+    study.tell(trial, state=TrialState.FAIL)
+    text = svg_text(render_plot("curves", spec, study.get_trials(), "svg", status="failed"))
+    assert "study failed: ConfigError: model mlp needs a flat input" in text
+    assert "Traceback" not in text
+
+
+def test_many_trials_get_a_colour_bar_not_a_truncated_legend() -> None:
+    spec = make_spec("bop")
+    study = optuna.create_study(directions=spec.directions)
+    fill_study(study, spec, n_trials=40, n_epochs=3)
+    trials = study.get_trials(deepcopy=False)
+    for kind in ("curves", "flips", "params"):
+        text = svg_text(render_plot(kind, spec, trials, "svg"))
+        assert "trial number" in text, kind  # the colour bar's label
+        assert "#3 complete" not in text, kind  # no per-trial legend entries
+    few = svg_text(render_plot("curves", spec, trials[:4], "svg"))
+    assert "#3 complete" in few and "trial number" not in few
+
+
+def _api_study(client: Any, backend_url: str, spec: StudySpec, n_trials: int) -> dict[str, Any]:
+    body = {**spec.model_dump(mode="json", exclude_none=True), "n_trials": 50}
+    response = client.post("/api/v1/studies", json=body)
+    assert response.status_code == 201, response.text
+    created = response.json()
+    if n_trials:
+        study = optuna.load_study(study_name=created["optuna_study_name"], storage=backend_url)
+        fill_study(study, spec, n_trials, n_epochs=3)
+    return created
+
+
+def test_the_route_serves_every_kind_with_trial_and_compare(
+    client: Any, backend_url: str, unique_name: Callable[..., str]
+) -> None:
+    sgd = _api_study(client, backend_url, make_spec("latent-sgd", unique_name("sgd")), 6)
+    cascade = _api_study(client, backend_url, make_spec("filter", unique_name("cema")), 6)
+    base = sgd["links"]["self"]
+    for kind in PLOT_KINDS:
+        png = client.get(f"{base}/plots/{kind}")
+        assert png.status_code == 200 and png.headers["content-type"] == "image/png", kind
+        assert png.content.startswith(b"\x89PNG")
+    compared = client.get(
+        f"{base}/plots/filter", params={"format": "svg", "compare": cascade["id"]}
+    )
+    assert compared.headers["content-type"] == "image/svg+xml"
+    text = svg_text(compared.content)
+    assert f"{sgd['name']} vs {cascade['name']}" in text and f"{cascade['name']} #" in text
+    one = svg_text(client.get(f"{base}/plots/layer-flips?trial=2&format=svg").content)
+    assert "trial #2" in one and "conv1" in one
+
+    missing_trial = client.get(f"{base}/plots/layer-flips", params={"trial": 99})
+    assert missing_trial.status_code == 404 and "trial" in missing_trial.json()["detail"]
+    missing_study = client.get(f"{base}/plots/filter", params={"compare": 2_000_000_000})
+    assert missing_study.status_code == 404
+    assert missing_study.json()["detail"].startswith("compare: study")
+    for params in ({"trial": -1}, {"compare": 0}, {"trial": "x"}, {"format": "gif"}):
+        bad = client.get(f"{base}/plots/layer-flips", params=params)
+        assert bad.status_code == 422, params
+        assert next(iter(params)) in bad.text
+    unknown = client.get(f"{base}/plots/violin")
+    assert unknown.status_code == 404 and "layer-flips" in unknown.json()["detail"]
+
+
+def test_the_route_names_a_failed_study_and_its_error(
+    client: Any, backend_url: str, unique_name: Callable[..., str]
+) -> None:
+    created = _api_study(client, backend_url, make_spec("bop", unique_name("failing")), 0)
+    engine = make_engine(backend_url)
+    with session_scope(engine) as session:
+        error = "all 24 trials failed; first: FileNotFoundError: cifar10 not found in /data"
+        assert transition(session, created["id"], "failed", error=error)
+    engine.dispose()
+    text = svg_text(client.get(f"{created['links']['self']}/plots/curves?format=svg").content)
+    assert "study failed: all 24 trials failed; first: FileNotFoundError" in text
