@@ -352,12 +352,13 @@ def test_status_id_must_be_a_number(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # about 20 s of CPU, but minutes of wall time on a busy 2-core box
 def test_demo_end_to_end(tmp_path: Path) -> None:
     """`bnn-tune demo` on a tiny spec: API + worker subprocesses, results, plots, clean exit."""
     pytest.importorskip("torch")
     spec = _spec(tmp_path, name="tiny-demo", n_trials=2, epochs=1, max_train_samples=200)
     out = tmp_path / "demo"
-    result = _run("demo", str(spec), "--output", str(out), timeout=280)
+    result = _run("demo", str(spec), "--output", str(out), timeout=580)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "2 complete trials" in result.stdout
     assert "Best parameters (trial" in result.stdout
