@@ -112,7 +112,7 @@ class EpochRecorder:
 
     def __init__(self, trial: optuna.Trial, should_stop: StopCheck, report: bool) -> None:
         self.trial = trial
-        self.should_stop = should_stop
+        self._should_stop = should_stop
         self.report = report
         self.epochs: list[dict[str, Any]] = []
         self.pruned = False
@@ -131,8 +131,15 @@ class EpochRecorder:
             if self.can_prune and retry_db(self.trial.should_prune, "should_prune"):
                 self.pruned = True
                 return True
-        self.stop_reason = self.should_stop()
-        return self.stop_reason is not None
+        return self.should_stop() is not None
+
+    def should_stop(self) -> str | None:
+        """Whether to stop now, remembering the reason for the outcome; also polled by the
+        stacked trainer every ``stop_check_steps`` steps, so a stop ends a slot mid-epoch."""
+        reason = self._should_stop()
+        if reason is not None:
+            self.stop_reason = reason
+        return reason
 
 
 def objective_values(spec: StudySpec, result: TrainResult) -> list[float]:
