@@ -334,7 +334,10 @@ def test_body_within_the_limit_is_read(
 def test_state_changes_must_be_json(
     base: str, unique_name: Callable[..., str], content_type: str | None
 ) -> None:
-    with httpx.Client(base_url=base) as plain, httpx.Client(base_url=base, headers=JSON) as json_:
+    with (
+        httpx.Client(base_url=base, timeout=30) as plain,
+        httpx.Client(base_url=base, timeout=30, headers=JSON) as json_,
+    ):
         created = json_.post("/api/v1/studies", json=_spec(unique_name)).json()
         headers = {"Content-Type": content_type} if content_type else {}
         stop = plain.post(
@@ -358,7 +361,7 @@ def test_state_changes_must_be_json(
     "key", ["clé".encode(), b"\xff\xfe", "ключ".encode(), b"s3cret-key\xc3\xa9"]
 )
 def test_non_ascii_api_key_is_401(keyed_base: str, key: bytes) -> None:
-    with httpx.Client(base_url=keyed_base) as client:
+    with httpx.Client(base_url=keyed_base, timeout=30) as client:
         response = client.get("/api/v1/studies", headers={"X-API-Key": key})
         assert response.status_code == 401
         malformed = {"X-API-Key": key, **JSON}
@@ -421,7 +424,10 @@ def test_body_that_is_not_utf8_is_422(http: httpx.Client) -> None:
 
 def test_delete_needs_no_content_type(base: str, unique_name: Callable[..., str]) -> None:
     """DELETE is never a cross-site simple request (browsers preflight it), so it stays plain."""
-    with httpx.Client(base_url=base, headers=JSON) as json_, httpx.Client(base_url=base) as plain:
+    with (
+        httpx.Client(base_url=base, timeout=30, headers=JSON) as json_,
+        httpx.Client(base_url=base, timeout=30) as plain,
+    ):
         created = json_.post("/api/v1/studies", json=_spec(unique_name)).json()
         assert plain.delete(f"/api/v1/studies/{created['id']}").status_code == 200
 

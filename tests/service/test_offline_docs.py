@@ -28,7 +28,7 @@ def docs_server(
 
 @pytest.mark.parametrize("page", ["/docs", "/redoc"])
 def test_docs_page_loads_only_local_assets(docs_server: str, page: str) -> None:
-    with httpx.Client(base_url=docs_server) as http:
+    with httpx.Client(base_url=docs_server, timeout=30) as http:
         response = http.get(page)
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/html")
@@ -45,7 +45,7 @@ def test_docs_page_loads_only_local_assets(docs_server: str, page: str) -> None:
 
 
 def test_docs_scripts_are_the_real_bundles(docs_server: str) -> None:
-    with httpx.Client(base_url=docs_server) as http:
+    with httpx.Client(base_url=docs_server, timeout=30) as http:
         swagger = http.get("/docs").text
         (script,) = [u for u in _ATTR_URL.findall(swagger) if u.endswith(".js")]
         body = http.get(script)
