@@ -21,6 +21,7 @@ from typing import Any
 from matplotlib.collections import LineCollection
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from optuna.trial import FrozenTrial, TrialState
 
 from service.errors import NotFoundError
@@ -81,7 +82,7 @@ def _plot_trial_lines(data: StudyData, key: str, label: str, log_y: bool) -> Fig
                     colors=[colours(t.number) for t, _, _ in lines],
                     linewidths=0.9,
                     linestyles="solid" if solid else "dotted",
-                    alpha=0.7,
+                    alpha=0.7 if len(series) < 100 else 0.35,  # thousands of lines overlap
                 )
                 ax.add_collection(collection)
         ax.autoscale_view()
@@ -95,6 +96,7 @@ def _plot_trial_lines(data: StudyData, key: str, label: str, log_y: bool) -> Fig
     if log_y and positive:
         ax.set_yscale("log")
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(label)
     ax.grid(True, alpha=0.3)
     colours.finish(fig, ax)
@@ -163,6 +165,7 @@ def plot_layer_flips(data: StudyData, trial: int | None = None, **_: Any) -> Fig
     elif positive:  # some layers flipped nothing in an epoch: keep 0 on the axis
         ax.set_yscale("symlog", linthresh=min(positive))
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("flip ratio (per step, epoch mean)")
     ax.grid(True, alpha=0.3)
     if colours.use_legend:

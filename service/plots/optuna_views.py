@@ -16,6 +16,7 @@ before it is saved, so a request never sees another request's figure or style.
 
 from __future__ import annotations
 
+import logging
 import threading
 import warnings
 from typing import Any
@@ -45,6 +46,9 @@ from service.plots.common import (  # noqa: E402
 from service.vocabulary import OBJECTIVE_DIRECTIONS  # noqa: E402
 
 __all__ = ["plot_importance", "plot_pareto", "optuna_figure_bytes", "MIN_IMPORTANCE_TRIALS"]
+
+# Each request's in-memory copy would log "A new study created in memory" at INFO.
+logging.getLogger("optuna.storages._in_memory").setLevel(logging.WARNING)
 
 MIN_IMPORTANCE_TRIALS = 2  # Optuna's evaluators need two completed trials to compare
 _PYPLOT = threading.Lock()

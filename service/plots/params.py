@@ -157,6 +157,8 @@ def _panel(
         xs = [x for x, _, _ in values]
         if param.log and all(x > 0 for x in xs):
             ax.set_xscale("log")
+        if param.low < param.high:  # the whole searched range, not only the sampled part
+            ax.set_xlim(*_padded(param.low, param.high, ax.get_xscale() == "log"))
     _scatter(ax, xs, [(y, n) for _, y, n in values], colours, best)
     ax.set_xlabel(param.name + (" (0 at left)" if param.zero else ""))
     for axis in out:
@@ -164,6 +166,13 @@ def _panel(
             axis.set_yscale("log")
         axis.grid(True, alpha=0.3)
     return out
+
+
+def _padded(low: float, high: float, log: bool, pad: float = 0.04) -> tuple[float, float]:
+    if log:
+        span = math.log10(high / low) * pad
+        return low / 10**span, high * 10**span
+    return low - (high - low) * pad, high + (high - low) * pad
 
 
 def _strip(ax: Any, zeros: list[tuple[float, int]], colours: Any, best: set[int]) -> None:
