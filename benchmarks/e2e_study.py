@@ -20,9 +20,11 @@ start and imports, data loading, group builds, compiling, training, validation, 
 service's claim / report / tell round trips. It prints trials per GPU-hour both ways and
 their ratio, a time split (compile, build, train, eval, service: from the stacked trainer's
 ``stacked run timings`` log lines and the trials' ``seconds`` / per-epoch ``seconds``
-attributes), GPU utilisation (``nvidia-smi`` sampled every 0.5 s, when present) and the
-fraction of the floor: the floor's seconds per model-epoch (``--floor-s`` for 50,000
-training images, scaled to the images used) over the measured wall seconds per model-epoch.
+attributes; "service" is the rest of the wall time: process start-up and imports, data
+loading, slot sizing, and the claim / report / tell round trips), GPU utilisation
+(``nvidia-smi`` sampled every 0.5 s, when present) and the fraction of the floor: the
+floor's seconds per model-epoch (``--floor-s`` for 50,000 training images, scaled to the
+images used) over the measured wall seconds per model-epoch.
 
 The compile cache lives in ``<output>/inductor-cache`` (``TORCHINDUCTOR_CACHE_DIR``,
 ``TORCHINDUCTOR_FX_GRAPH_CACHE=1``), fresh per run unless ``--keep-cache``.
@@ -88,9 +90,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--slots", type=int, default=16, help="trials_per_gpu of the stacked mode")
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
     p.add_argument("--modes", default="naive,stacked", help="comma-separated, in this order")
-    p.add_argument(
-        "--floor-s", type=float, default=0.193, help="floor s per 50k-image epoch"
-    )
+    p.add_argument("--floor-s", type=float, default=0.193, help="floor s per 50k-image epoch")
     p.add_argument("--output", help="folder for logs, data, databases (default: a temp dir)")
     p.add_argument("--keep-cache", action="store_true", help="reuse <output>/inductor-cache")
     p.add_argument("--timeout", type=float, default=3600, help="seconds per mode")
