@@ -8,21 +8,16 @@ Contract:
   database), the study's status and error, and returns the bytes of ``kind`` in ``fmt``.
 * The kinds are :data:`service.vocabulary.PLOT_KINDS`; each is drawn by one module:
 
-  ========== ================================================= =====================
-  kind       what it shows                                     drawn by
-  ========== ================================================= =====================
-  params     each objective against every sampled parameter    ours (``params``)
-             (log axes, "0" strip for ``include_zero``)
-  importance parameter importances (PED-ANOVA)                 Optuna
-  pareto     Pareto front of a two-objective study             Optuna
-  curves     validation accuracy per epoch, every trial        ours (``curves``)
-  flips      flip ratio per epoch, every trial                 ours (``curves``)
-  layer-flips flip ratio per layer per epoch of one trial       ours (``curves``)
-             (best by default, ``trial=N``)
-  filter     |H(f)| of the best trials' gradient filters,      ours (``filters``)
-             cutoffs, pass band in steps and epochs
-             (``compare``: another study's best filters)
-  ========== ================================================= =====================
+  - ``params`` (``params``): each objective against every sampled parameter, log axes where
+    the range is log-scaled, a "0" strip beside the log axis for ``include_zero`` ranges;
+  - ``importance`` (Optuna, ``optuna_views``): parameter importances (PED-ANOVA);
+  - ``pareto`` (Optuna, ``optuna_views``): the Pareto front of a two-objective study;
+  - ``curves`` / ``flips`` (``curves``): validation accuracy / flip ratio per epoch, every
+    trial, the best one in black;
+  - ``layer-flips`` (``curves``): each binary layer's flip ratio per epoch in one trial (the
+    best by default, ``trial=N``);
+  - ``filter`` (``filters``): |H(f)| of the best trials' gradient filters on log-log axes,
+    cutoffs marked, the pass band in steps and epochs (``compare``: another study's best).
 
   Each module says why it draws itself where Optuna has a similar plot.
 * Nothing to draw is never an error: the figure says why ("no completed trials yet", "N
@@ -41,7 +36,7 @@ from typing import Any
 
 from optuna.trial import FrozenTrial
 
-from service.plots.common import StudyData
+from service.plots.common import DRAWING, StudyData
 from service.plots.curves import plot_curves, plot_flips, plot_layer_flips
 from service.plots.filters import plot_filter
 from service.plots.optuna_views import optuna_figure_bytes, plot_importance, plot_pareto
@@ -87,5 +82,6 @@ def render_plot(
     if fmt not in MEDIA_TYPES:
         raise ValueError(f"unknown format {fmt!r}; one of {tuple(MEDIA_TYPES)}")
     data = StudyData(spec=spec, trials=trials, status=status, error=error)
-    figure = _DRAW[kind](data, trial=trial, compare=compare)
-    return optuna_figure_bytes(figure, fmt)
+    with DRAWING:
+        figure = _DRAW[kind](data, trial=trial, compare=compare)
+        return optuna_figure_bytes(figure, fmt)

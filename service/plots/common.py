@@ -1,8 +1,8 @@
 """What every plot kind shares: the study's data, figures, "nothing yet" messages, trial colours
 and per-epoch series read from the stored trials.
 
-Figures are ``matplotlib.figure.Figure`` objects on the Agg canvas (no pyplot state, so
-requests in parallel threads do not share a current figure). SVG is written with text kept as
+Figures are ``matplotlib.figure.Figure`` objects on the Agg canvas (no pyplot state), drawn
+and saved under :data:`DRAWING`, one at a time per process. SVG is written with text kept as
 text (``svg.fonttype = none``): smaller files whose labels can be searched and tested.
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import math
 import textwrap
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +28,7 @@ from service.spec import StudySpec  # noqa: E402
 from service.vocabulary import OBJECTIVE_DIRECTIONS  # noqa: E402
 
 __all__ = [
+    "DRAWING",
     "StudyData",
     "LEGEND_MAX",
     "new_figure",
@@ -42,6 +44,9 @@ __all__ = [
     "best_trial",
 ]
 
+# Held while a figure is drawn and saved: matplotlib's rcParams are process-wide, and Optuna's
+# plots change them (pyplot style) while they draw; requests run in a thread pool.
+DRAWING = threading.RLock()
 # Up to this many lines get a legend entry each; beyond it, a colour bar over trial number.
 LEGEND_MAX = 6
 MESSAGE_CHARS = 160  # of a failed study's error shown on a plot

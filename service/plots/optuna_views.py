@@ -9,15 +9,15 @@
 Optuna's functions take a ``Study``: the trials already loaded for the request are copied,
 without their user attrs and intermediate values (the bulk of a stored trial), into an
 in-memory study, so the database is read once. They draw through pyplot, whose figure registry
-and ``plt.style.use`` (they switch to ``ggplot``) are process-wide: drawing holds a lock, runs
-inside ``rc_context`` (the style change is undone on exit) and closes the figure in pyplot
-before it is saved, so a request never sees another request's figure or style.
+and ``plt.style.use`` (they switch to ``ggplot``) are process-wide: drawing holds
+``common.DRAWING`` (so no other figure is drawn meanwhile), runs inside ``rc_context`` (the
+style change is undone on exit) and closes the figure in pyplot before it is saved, so a
+request never sees another request's figure or style.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import warnings
 from typing import Any
 
@@ -36,6 +36,7 @@ from optuna.visualization.matplotlib import (  # noqa: E402
 )
 
 from service.plots.common import (  # noqa: E402
+    DRAWING,
     StudyData,
     best_trials,
     completed,
@@ -51,7 +52,6 @@ __all__ = ["plot_importance", "plot_pareto", "optuna_figure_bytes", "MIN_IMPORTA
 logging.getLogger("optuna.storages._in_memory").setLevel(logging.WARNING)
 
 MIN_IMPORTANCE_TRIALS = 2  # Optuna's evaluators need two completed trials to compare
-_PYPLOT = threading.Lock()
 
 
 def _in_memory_study(
@@ -88,7 +88,7 @@ class _OptunaFigure:
     ``draw(study)`` returns Optuna's Axes (or array of Axes)."""
 
     def __init__(self, draw: Any, study: optuna.Study) -> None:
-        with _PYPLOT, matplotlib.rc_context(), warnings.catch_warnings():
+        with DRAWING, matplotlib.rc_context(), warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             # true here: the copy minimizes every objective (see _in_memory_study)
             warnings.filterwarnings("ignore", message=".* to achieve low `target` values")

@@ -13,8 +13,10 @@ import math
 import random
 import re
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import matplotlib
 import optuna
 import pytest
 from optuna.trial import TrialState
@@ -276,3 +278,23 @@ def test_the_route_names_a_failed_study_and_its_error(
     engine.dispose()
     text = svg_text(client.get(f"{created['links']['self']}/plots/curves?format=svg").content)
     assert "study failed: all 24 trials failed; first: FileNotFoundError" in text
+
+
+def test_optuna_plots_leave_no_style_behind_and_threads_get_the_same_picture() -> None:
+    """Optuna's matplotlib plots switch pyplot to ggplot while drawing; a curves plot drawn at
+    the same time in another thread must come out exactly as when drawn alone."""
+    spec = make_spec("filter")
+    study = optuna.create_study(directions=spec.directions)
+    fill_study(study, spec, n_trials=8, n_epochs=3)
+    trials = study.get_trials(deepcopy=False)
+    before = dict(matplotlib.rcParams)
+    alone = render_plot("curves", spec, trials, "png")
+    render_plot("importance", spec, trials, "png")
+    assert dict(matplotlib.rcParams) == before
+    with ThreadPoolExecutor(4) as pool:
+        jobs = [
+            pool.submit(render_plot, kind, spec, trials, "png")
+            for kind in ("importance", "curves", "pareto", "curves")
+        ]
+        outputs = [job.result() for job in jobs]
+    assert outputs[1] == alone and outputs[3] == alone
