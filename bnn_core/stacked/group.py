@@ -126,6 +126,7 @@ class GroupBuilder:
         cached = compile_cache.checkout(key) if key is not None else None
         if cached is not None:  # its trials are loaded before they train
             network, self.forward = cached.network, cached.forward
+            self.conv_impl_chosen, self.conv_timings = network.conv_impl, {}
         else:
             network = self._stack(n, models)
             self.forward = compile_cache.compile_network(network).forward if compiling else network
