@@ -29,7 +29,6 @@ import torch
 from torch import Tensor, nn
 
 from ..config import EpochMetrics, TrainConfig, TrainResult
-from ..data import split_indices
 from . import compile_cache
 from .network import trial_view
 from .stackable import check_stackable
@@ -77,6 +76,7 @@ class SlotManager:
 
     slots: list[Slot | None]
     n_slots: int
+    _split: Callable[[TrainConfig], tuple[np.ndarray, np.ndarray]]  # GroupBuilder's
 
     def start_feed(self, next_trial: TrialSource) -> None:
         self._next_trial = next_trial
@@ -109,9 +109,8 @@ class SlotManager:
         config, callback = item
         check_stackable([self.reference, config])
         model = self._single_model(config)
-        train_idx, val_idx = split_indices(
-            len(self.data.y_train), config.val_fraction, config.seed, config.max_train_samples
-        )
+        # The trial's rows as its eval_protocol chooses them (GroupBuilder._split).
+        train_idx, val_idx = self._split(config)
         # The schedules of bnn_core.optim's pair (they do not depend on the model, so an empty
         # one will do), evaluated per trial at the trial's own step.
         scheduled = build_optimizer(
