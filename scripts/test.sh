@@ -18,8 +18,8 @@ echo "==> installing torch==2.13.0 (CPU build) and bnn-tune[train,dev] under req
 "${PIP[@]}" -c requirements/constraints.txt -e '.[train,dev]'
 
 # Debian packages some tests use: Fashion-MNIST files, docker-compose v1 (offline validation of
-# docker-compose.yml, no daemon needed), kubectl (renders deploy/k8s) and Chromium (dashboard screenshot). Tests that need a
-# missing one are skipped, so a non-root run still works.
+# docker-compose.yml, no daemon needed), kubectl (renders deploy/k8s) and Chromium (dashboard
+# screenshot). Tests that need a missing one are skipped, so a non-root run still works.
 missing=()
 [ -d /usr/share/datasets/fashion-mnist ] || missing+=(dataset-fashion-mnist)
 command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
