@@ -199,6 +199,7 @@ def test_the_reaper_fails_a_running_study_whose_optuna_study_was_deleted(
     )
     assert study_row(postgres_url, study_id).status == "running"
     _delete_optuna_study(postgres_url, study_id)
+    time.sleep(1.1)  # older than a grace period: not a study whose Optuna study is on its way
     engine = make_engine(postgres_url)
     lifecycle = Lifecycle(Settings(database_url=postgres_url, grace_period_s=1), engine)
     try:
