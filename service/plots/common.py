@@ -22,6 +22,7 @@ matplotlib.use("Agg")
 
 from matplotlib.colors import Normalize  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 from optuna.trial import FrozenTrial, TrialState  # noqa: E402
 
 from service.spec import StudySpec  # noqa: E402
@@ -138,8 +139,15 @@ class TrialColours:
             if ax.get_legend_handles_labels()[0]:
                 ax.legend(fontsize="small", loc="best")
             return
+        self.colorbar(fig, label, ax=ax)
+
+    def colorbar(self, fig: Figure, label: str = "trial number", **where: Any) -> Any:
+        """A colour bar with integer ticks (trial numbers, layer indices)."""
         mappable = matplotlib.cm.ScalarMappable(norm=self.norm, cmap=self.cmap)
-        fig.colorbar(mappable, ax=ax, label=label)
+        bar = fig.colorbar(mappable, label=label, **where)
+        bar.locator = MaxNLocator(integer=True)
+        bar.update_ticks()
+        return bar
 
 
 def number(value: Any) -> float | None:

@@ -42,11 +42,11 @@ LAYER_LEGEND_MAX = 12  # layers named in a legend; more get a colour bar over la
 
 
 def plot_curves(data: StudyData, **_: Any) -> Figure:
-    return _plot_trial_lines(data, "val_accuracy", "validation accuracy", log_y=False)
+    return _plot_trial_lines(data, "val_accuracy", "validation accuracy", "validation accuracy")
 
 
 def plot_flips(data: StudyData, **_: Any) -> Figure:
-    return _plot_trial_lines(data, "flip_ratio", "flip ratio (per step, epoch mean)", log_y=True)
+    return _plot_trial_lines(data, "flip_ratio", "flip ratio", "flip ratio (per step, epoch mean)")
 
 
 def _no_epochs(data: StudyData, title: str) -> Figure:
@@ -56,8 +56,10 @@ def _no_epochs(data: StudyData, title: str) -> Figure:
     return message_figure(title, message)
 
 
-def _plot_trial_lines(data: StudyData, key: str, label: str, log_y: bool) -> Figure:
-    title = f"{data.name}: {label} per epoch"
+def _plot_trial_lines(data: StudyData, key: str, what: str, label: str) -> Figure:
+    """Every trial's ``key`` per epoch; a log y axis for flip ratios (decades apart)."""
+    log_y = key == "flip_ratio"
+    title = f"{data.name}: {what} per epoch"
     series = [(t, *epoch_series(t, key)) for t in data.trials]
     series = [(t, xs, ys) for t, xs, ys in series if xs]
     if not series:
@@ -68,6 +70,8 @@ def _plot_trial_lines(data: StudyData, key: str, label: str, log_y: bool) -> Fig
     best = best_trial(data)
     if colours.use_legend:
         for trial, xs, ys in series:
+            if best is not None and trial.number == best.number:
+                continue  # drawn in black below
             style = "-" if trial.state == TrialState.COMPLETE else ":"
             state = trial.state.name.lower()
             ax.plot(xs, ys, style, color=colours(trial.number), label=f"#{trial.number} {state}")

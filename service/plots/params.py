@@ -19,7 +19,6 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from matplotlib.cm import ScalarMappable
 from matplotlib.figure import Figure
 from optuna.distributions import (
     CategoricalDistribution,
@@ -117,8 +116,7 @@ def plot_params(data: StudyData, **_: Any) -> Figure:
             cell = grid[k * rows_per_objective + i // columns, i % columns]
             axes += _panel(fig, cell, param, done, k, colours, best, log_y)
             axes[-1].set_ylabel(objective if i % columns == 0 else "")
-    mappable = ScalarMappable(norm=colours.norm, cmap=colours.cmap)
-    fig.colorbar(mappable, cax=fig.add_subplot(grid[:, -1]), label="trial number")
+    colours.colorbar(fig, cax=fig.add_subplot(grid[:, -1]))
     ring = "best trial" if len(objectives) == 1 else "Pareto front"
     fig.suptitle(f"{data.name}: {len(done)} completed trials (red ring: {ring})")
     return fig

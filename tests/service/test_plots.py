@@ -221,7 +221,9 @@ def test_many_trials_get_a_colour_bar_not_a_truncated_legend() -> None:
         assert "trial number" in text, kind  # the colour bar's label
         assert "#3 complete" not in text, kind  # no per-trial legend entries
     few = svg_text(render_plot("curves", spec, trials[:4], "svg"))
-    assert "#3 complete" in few and "trial number" not in few
+    # a legend: the best trial in black, each other one by number
+    assert len(re.findall(r"#\d+ complete", few)) == 3 and "best: #" in few
+    assert "trial number" not in few
 
 
 def _api_study(client: Any, backend_url: str, spec: StudySpec, n_trials: int) -> dict[str, Any]:
