@@ -11,7 +11,8 @@ Contract:
   two cannot disagree.
 * ``bnn_core`` keeps its own lists (``bnn_core.models.MODEL_NAMES``,
   ``bnn_core.data.DATASET_NAMES``, ``bnn_core.config.SCHEDULE_KINDS``,
-  ``bnn_core.config.LATENT_LR_SCALINGS``, ``bnn_core.stacked.STACKABLE_FAMILIES``,
+  ``bnn_core.config.LATENT_LR_SCALINGS``,
+  ``bnn_core.config.EVAL_PROTOCOLS``, ``bnn_core.stacked.STACKABLE_FAMILIES``,
   ``bnn_core.optim.REAL_ADAM_EPS``) because the service must not import torch. The test module
   ``tests/test_vocabulary.py`` asserts that each list here equals bnn_core's, so adding a model
   or a dataset on one side only fails the tests.
@@ -39,6 +40,8 @@ __all__ = [
     "SCHEDULE_KINDS",
     "LatentLrScaling",
     "LATENT_LR_SCALINGS",
+    "EvalProtocol",
+    "EVAL_PROTOCOLS",
     "SamplerName",
     "SAMPLERS",
     "PrunerName",
@@ -81,6 +84,11 @@ SCHEDULE_KINDS: tuple[str, ...] = get_args(ScheduleKind)
 # Per-layer latent learning-rate multipliers of the latent families.
 LatentLrScaling = Literal["none", "xavier"]
 LATENT_LR_SCALINGS: tuple[str, ...] = get_args(LatentLrScaling)
+
+# Where "val" metrics are measured: a held-out part of the training set (the default), or the
+# test set after training on all of it (a paper's protocol reproduced; tuning on it is leakage).
+EvalProtocol = Literal["holdout", "test"]
+EVAL_PROTOCOLS: tuple[str, ...] = get_args(EvalProtocol)
 
 SamplerName = Literal["tpe", "random", "cmaes", "grid", "qmc"]
 SAMPLERS: tuple[str, ...] = get_args(SamplerName)

@@ -13,6 +13,7 @@ import pytest
 
 from bnn_core import data, models
 from bnn_core.config import (
+    EVAL_PROTOCOLS,
     LATENT_LR_SCALINGS,
     SCHEDULE_KINDS,
     ConfigError,
@@ -45,6 +46,10 @@ def test_schedule_spec_has_the_fields_of_bnn_core_schedule() -> None:
 
 def test_latent_lr_scalings_match_bnn_core() -> None:
     assert set(vocabulary.LATENT_LR_SCALINGS) == set(LATENT_LR_SCALINGS)
+
+
+def test_eval_protocols_match_bnn_core() -> None:
+    assert vocabulary.EVAL_PROTOCOLS == EVAL_PROTOCOLS
 
 
 def test_families_match_the_stacked_optimizer() -> None:
