@@ -149,16 +149,24 @@ def test_gpus_flag_runs_real_workers(fresh_sqlite_url: str) -> None:
     assert output.count("worker exited 0") == 2
 
 
-def test_gpus_flag_rejects_a_bad_list() -> None:
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--gpus", "0,x"], "--gpus: 'x' is not a GPU index"),
+        (["--gpus", "0,1", "--device", "cuda:1"], "not --device cuda:1"),
+    ],
+)
+def test_gpus_flag_rejects_bad_input(flags: list[str], message: str) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "worker", "--gpus", "0,x"],
+        [sys.executable, "-m", "worker", *flags],
         capture_output=True,
         text=True,
         cwd=ROOT,
         timeout=60,
     )
     assert result.returncode == 2
-    assert "--gpus: 'x' is not a GPU index" in result.stderr
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def _wait_for(predicate, process: subprocess.Popen, timeout: float = 30) -> None:  # noqa: ANN001

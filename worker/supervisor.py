@@ -128,7 +128,10 @@ def child_argv(args: argparse.Namespace, child: Child) -> list[str]:
 
 def run_supervisor(args: argparse.Namespace) -> int:
     """``--gpus``: one ``python -m worker`` per GPU; 2 with a one-line message for a bad list."""
+    device = getattr(args, "device", None) or os.environ.get("BNN_TUNE_DEVICE", "")
     try:
+        if device.startswith("cuda:"):
+            raise ValueError(f"--gpus: each worker sees one GPU as cuda; not --device {device}")
         gpus = parse_gpus(args.gpus)
     except ValueError as exc:
         logger.error("cannot start: %s", exc)
