@@ -18,9 +18,10 @@ an outage) live in :mod:`service.lifecycle`; trial running in :mod:`worker.study
 registry row in :mod:`worker.registration`.
 
 Database errors: a lost connection backs off (1 s doubling to ``reconnect_max_s``) and the
-engines reconnect (``pool_pre_ping``); any other error of one study (a NUL byte, a constraint)
-fails that study with the error, or, when even that cannot be written, this worker skips it --
-one poisoned study never holds up the others. A database that is not migrated is refused:
+engines reconnect (``pool_pre_ping``); a database error about one study's data (a NUL byte, a
+constraint) fails that study with the error, or, when even that cannot be written, this worker
+skips it; any other error of one study is logged and the next study is served -- one poisoned
+study never holds up the others. A database that is not migrated is refused:
 ``WorkerSettings.once`` exits with :class:`DatabaseNotReady`, otherwise the worker waits.
 """
 
@@ -42,6 +43,7 @@ from service.lifecycle import (
     database_problem,
     db_error_text,
     is_connectivity_error,
+    is_data_error,
     timed_out,
 )
 from service.models import Study
@@ -189,7 +191,11 @@ class Worker:
             except Exception as exc:
                 if is_connectivity_error(exc):
                     raise
-                self.fail_study(row, exc)
+                if is_data_error(exc):
+                    self.fail_study(row, exc)
+                else:  # not the study's data: log it and go on with the next study
+                    self.stats.errors += 1
+                    logger.exception("study %s: worker step failed", row.id)
         return False
 
     def serve(self, row: Study) -> bool:
@@ -230,8 +236,8 @@ class Worker:
         return True
 
     def fail_study(self, row: Study, exc: BaseException) -> None:
-        """An error of one study that is not about connectivity (the database refused its
-        data): the study fails with it; if even that is refused, this worker skips it."""
+        """The database refused the data of one study (a NUL byte, a constraint): the study
+        fails with that error; if even that is refused, this worker skips it."""
         self.stats.errors += 1
         logger.error("study %s failed on this worker: %s", row.id, error_text(exc))
         try:

@@ -31,7 +31,7 @@ Contract (every caller may rely on these; every change here must keep them):
   or trial it belongs to, so one poisoned study never stalls the others.
 """
 
-from service.lifecycle.errors import db_error_text, is_connectivity_error
+from service.lifecycle.errors import db_error_text, is_connectivity_error, is_data_error
 from service.lifecycle.lifecycle import Lifecycle, StudyContext
 from service.lifecycle.recovery import (
     STOPPED_ERROR,
@@ -79,6 +79,7 @@ __all__ = [
     "final_status",
     "give_back_claims",
     "is_connectivity_error",
+    "is_data_error",
     "make_storage",
     "not_done_reason",
     "recover",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from sqlalchemy import exc as sa_exc
 
-__all__ = ["is_connectivity_error", "db_error_text"]
+__all__ = ["is_connectivity_error", "is_data_error", "db_error_text"]
 
 _DATA_ERRORS = (
     sa_exc.DataError,
@@ -50,6 +50,13 @@ def is_connectivity_error(exc: BaseException) -> bool:
         if isinstance(error, sa_exc.DBAPIError):  # a driver error of no known kind
             return False
     return False
+
+
+def is_data_error(exc: BaseException) -> bool:
+    """True when the database refused the data of ``exc``'s statement (any database error
+    that is not about connectivity): retrying it fails the same way."""
+    chain = _chain(exc)
+    return any(isinstance(e, sa_exc.DBAPIError) for e in chain) and not is_connectivity_error(exc)
 
 
 def db_error_text(exc: BaseException) -> str:

@@ -15,6 +15,7 @@ from service.lifecycle import (
     TRANSITIONS,
     claim_slot,
     is_connectivity_error,
+    is_data_error,
     make_storage,
     request_stop,
     transition,
@@ -120,6 +121,8 @@ def test_only_lost_connections_count_as_an_outage(postgres_url: str) -> None:
         wrapped = optuna.exceptions.StorageInternalError("commit failed")
         wrapped.__cause__ = data_fault  # how Optuna's RDBStorage reports it
         assert not is_connectivity_error(wrapped)
-    assert is_connectivity_error(unreachable.value)
+        assert is_data_error(data_fault) and is_data_error(wrapped)
+    assert is_connectivity_error(unreachable.value) and not is_data_error(unreachable.value)
     assert is_connectivity_error(ConnectionResetError())
     assert not is_connectivity_error(ValueError("not a database error"))
+    assert not is_data_error(ValueError("not a database error"))
