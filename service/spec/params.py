@@ -23,12 +23,25 @@ Semantics for the worker (names are Optuna parameter names):
 * choices -> ``trial.suggest_categorical(name, choices)``;
 * fixed -> not sampled.
 
-The ``filter`` family needs ``alpha <= gamma``. :func:`check_alpha_le_gamma` rejects a space
-where it can never hold (both fixed, or the lowest possible alpha above the highest possible
-gamma). When the ranges overlap, the worker samples ``gamma`` first and then ``alpha`` from its
-range clipped to ``high = min(alpha.high, gamma)`` (a fixed alpha raises gamma's ``low``
-instead); only when no valid alpha exists for the sampled gamma does the trial end PRUNED
-without training, with user_attr ``error = "alpha > gamma"`` (see ``worker.objective``).
+EMA rates as cutoffs: ``gamma``/``sigma``/``alpha`` may be given as ``<name>_cutoff`` (cycles
+per step, in (0, 0.5]; fixed, range -- log scale welcome -- or choices), never both
+(:mod:`service.spec.cutoffs`). The worker samples the cutoff and derives the rate.
+
+Schedules: ``<h>_schedule`` for every hyperparameter ``h`` the family's optimizer schedules
+(:data:`FAMILY_PARAMS`): a kind string, a :class:`ScheduleSpec` (staircase ``factor`` every
+``every_epochs``, ``linear``/``cosine``/``linear-epoch`` to ``end_value``, ``polynomial`` with
+``power`` and ``end_value``, ``constant``) or ``{choices: [kinds]}``. ``latent-sgd`` takes
+``decoupled_weight_decay`` (a bool like ``bias_correction``: SGDW, the latent twin of filter).
+
+The ``filter`` family's ``alpha <= gamma`` is a symmetry only with a constant alpha: its two
+EMA stages then commute, so swapped pairs train identically and keeping ``alpha <= gamma``
+drops duplicates. With a scheduled alpha (the default ``linear-epoch``) every pair is a
+different filter and is trained. For a constant alpha, :func:`check_alpha_le_gamma` rejects a
+space where the order can never hold (in rates; cutoffs are monotone in rates). When the ranges
+overlap, the worker samples ``gamma`` first and clips ``alpha``'s range to ``alpha <= gamma``
+(a fixed alpha raises gamma's ``low`` instead); only when no valid alpha exists for the sampled
+gamma does the trial end PRUNED without training, with user_attr ``error = "alpha > gamma"``
+(see ``worker.objective``).
 """
 
 from __future__ import annotations
@@ -50,6 +63,7 @@ from pydantic import (
 )
 
 from service.limits import MAX_CHOICE_CHARS, MAX_CHOICES, MAX_EPOCHS
+from service.spec.cutoffs import CUTOFF_PARAMS, MAX_CUTOFF, cutoff_to_rate
 from service.spec.errors import fail
 from service.spec.fields import (
     FiniteFloat,
@@ -74,39 +88,49 @@ __all__ = [
     "ScheduleSpec",
     "ParamSpec",
     "check_param",
+    "check_rate_or_cutoff",
+    "alpha_is_constant",
     "check_alpha_le_gamma",
     "default_space",
 ]
 
+# Per family: its hyperparameters, the cutoffs of its EMA rates (``service.spec.cutoffs``) and
+# a ``<name>_schedule`` for every hyperparameter its optimizer schedules (the filter's gamma is
+# never scheduled: ``bnn_core.optim`` keeps it constant).
 FAMILY_PARAMS: dict[str, tuple[str, ...]] = {
-    "bop": ("gamma", "threshold", "real_lr", "gamma_schedule"),
-    "bop2": ("gamma", "sigma", "threshold", "real_lr", "sigma_schedule", "bias_correction"),
-    "filter": ("alpha", "gamma", "real_lr", "alpha_schedule"),
+    "bop": (
+        "gamma", "gamma_cutoff", "threshold", "real_lr",
+        "gamma_schedule", "threshold_schedule", "real_lr_schedule",
+    ),
+    "bop2": (
+        "gamma", "gamma_cutoff", "sigma", "sigma_cutoff", "threshold", "real_lr",
+        "bias_correction",
+        "gamma_schedule", "sigma_schedule", "threshold_schedule", "real_lr_schedule",
+    ),
+    "filter": (
+        "alpha", "alpha_cutoff", "gamma", "gamma_cutoff", "real_lr",
+        "alpha_schedule", "real_lr_schedule",
+    ),
     "latent-adam": (
-        "lr",
-        "weight_decay",
-        "latent_init_scale",
-        "latent_weight_clip",
-        "latent_lr_scaling",
-        "real_lr",
+        "lr", "weight_decay", "latent_init_scale", "latent_weight_clip", "latent_lr_scaling",
+        "real_lr", "lr_schedule", "real_lr_schedule",
     ),
     "latent-sgd": (
-        "lr",
-        "momentum",
-        "weight_decay",
-        "latent_init_scale",
-        "latent_weight_clip",
-        "latent_lr_scaling",
-        "real_lr",
+        "lr", "momentum", "weight_decay", "decoupled_weight_decay", "latent_init_scale",
+        "latent_weight_clip", "latent_lr_scaling", "real_lr", "lr_schedule", "real_lr_schedule",
     ),
-}
-SCHEDULE_PARAMS: frozenset[str] = frozenset({"gamma_schedule", "alpha_schedule", "sigma_schedule"})
+}  # fmt: skip
+# ``<h>_schedule`` for every scheduled hyperparameter h (``bnn_core.config``'s
+# SCHEDULED_HYPERPARAMETERS; tests/service/test_service_spec_schedules.py keeps them equal).
+SCHEDULE_PARAMS: frozenset[str] = frozenset(
+    f"{name}_schedule" for name in ("gamma", "threshold", "sigma", "alpha", "lr", "real_lr")
+)
 # Parameters that are a bool: fixed ``true``/``false`` or ``{choices: [true, false]}``.
-BOOL_PARAMS: frozenset[str] = frozenset({"bias_correction"})
+BOOL_PARAMS: frozenset[str] = frozenset({"bias_correction", "decoupled_weight_decay"})
 # Parameters that take one of a few strings: fixed ``"xavier"`` or ``{choices: [...]}``.
 STRING_PARAMS: dict[str, tuple[str, ...]] = {"latent_lr_scaling": LATENT_LR_SCALINGS}
 ZERO_CHOICE_PARAMS: frozenset[str] = frozenset({"threshold", "weight_decay"})
-PARAM_ALIASES: dict[str, str] = {"tau": "threshold"}
+PARAM_ALIASES: dict[str, str] = {"tau": "threshold", "tau_schedule": "threshold_schedule"}
 
 # name -> (lowest allowed, is the lowest itself allowed, highest allowed, is the highest allowed)
 _BOUNDS: dict[str, tuple[float, bool, float, bool]] = {
@@ -120,6 +144,7 @@ _BOUNDS: dict[str, tuple[float, bool, float, bool]] = {
     "real_lr": (0.0, False, math.inf, False),
     "latent_init_scale": (0.0, False, math.inf, False),
     "latent_weight_clip": (0.0, False, math.inf, False),
+    **dict.fromkeys(CUTOFF_PARAMS, (0.0, False, MAX_CUTOFF, True)),
 }
 
 DEFAULT_SEARCH_SPACES: dict[str, dict[str, Any]] = {
@@ -299,7 +324,13 @@ def _check_number(name: str, value: float, field: str) -> None:
     ok_high = value < high or (high_ok and value == high)
     if not (ok_low and ok_high):
         lo, hi = ("[" if low_ok else "("), ("]" if high_ok else ")")
-        raise fail(field, f"{value!r} is outside {lo}{low}, {high}{hi}")
+        unit = ""
+        if name in CUTOFF_PARAMS:
+            unit = (
+                " cycles per step (0.5 is Nyquist, the cutoff of the largest EMA rate that "
+                "has one, 2*sqrt(2) - 2)"
+            )
+        raise fail(field, f"{value!r} is outside {lo}{low}, {high}{hi}{unit}")
 
 
 def _check_bool_param(field: str, param: Any) -> Any:
@@ -354,14 +385,50 @@ def _extent(param: Any) -> tuple[float, float]:
     return float(param), float(param)
 
 
+def check_rate_or_cutoff(space: dict[str, Any]) -> None:
+    """An EMA rate is given as the rate or as its cutoff, never both."""
+    for cutoff, rate in CUTOFF_PARAMS.items():
+        if cutoff in space and rate in space:
+            raise fail(
+                f"search_space.{cutoff}",
+                f"give {rate} or {cutoff} (its cutoff in cycles per step), not both",
+            )
+
+
+def alpha_is_constant(space: dict[str, Any]) -> bool:
+    """Whether every trial of the filter's space has a constant alpha (``alpha_schedule`` fixed
+    to ``constant`` or only ``constant`` among its choices; unset means ``linear-epoch``)."""
+    schedule = space.get("alpha_schedule")
+    if isinstance(schedule, ScheduleSpec):
+        return schedule.kind == "constant"
+    if isinstance(schedule, ChoiceSpec):
+        return all(choice == "constant" for choice in schedule.choices)
+    return False
+
+
+def _rate_extent(space: dict[str, Any], name: str) -> tuple[float, float] | None:
+    """Smallest and largest rate ``name`` can take, given as a rate or as a cutoff."""
+    if name in space:
+        return _extent(space[name])
+    if f"{name}_cutoff" in space:
+        low, high = _extent(space[f"{name}_cutoff"])
+        return cutoff_to_rate(low), cutoff_to_rate(high)  # monotone: lower cutoff, lower rate
+    return None
+
+
 def check_alpha_le_gamma(space: dict[str, Any]) -> None:
-    """The filter's ``alpha <= gamma`` must be possible for some sampled pair."""
-    if "alpha" not in space or "gamma" not in space:
+    """With a constant alpha, the filter's ``alpha <= gamma`` (rates, or equally cutoffs) must
+    be possible for some sampled pair. Only then is the order a symmetry (two time-invariant
+    stages commute); a scheduled alpha makes every pair a distinct, valid filter."""
+    if not alpha_is_constant(space):
         return
-    alpha_min, _ = _extent(space["alpha"])
-    _, gamma_max = _extent(space["gamma"])
-    if alpha_min > gamma_max:
+    alpha, gamma = _rate_extent(space, "alpha"), _rate_extent(space, "gamma")
+    if alpha is None or gamma is None:
+        return
+    if alpha[0] > gamma[1]:
+        name = "alpha" if "alpha" in space else "alpha_cutoff"
         raise fail(
-            "search_space.alpha",
-            f"the filter needs alpha <= gamma, but alpha >= {alpha_min} > gamma <= {gamma_max}",
+            f"search_space.{name}",
+            f"a constant-alpha filter needs alpha <= gamma, but alpha >= {alpha[0]:.6g} > "
+            f"gamma <= {gamma[1]:.6g} (as rates)",
         )

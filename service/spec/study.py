@@ -21,6 +21,10 @@ spec can never make a worker read or create files elsewhere.
 latent learning rate ``lr * m`` with BinaryConnect's Xavier multiplier
 ``m = 1 / sqrt(1.5 / (k * (n_in + n_out)))`` (``k`` the conv kernel area, 1 for dense layers);
 an lr schedule is scaled per layer the same way.
+
+``eval_protocol`` (``holdout`` by default) says where "val" is measured; ``test`` is the
+reproduction mode of a paper's protocol (trains on all training images, reports the test set:
+never tune on it). The study's public view shows it.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from service.spec.params import (
     ParamSpec,
     check_alpha_le_gamma,
     check_param,
+    check_rate_or_cutoff,
     default_space,
 )
 from service.vocabulary import (
@@ -46,6 +51,7 @@ from service.vocabulary import (
     DEVICE_PATTERN,
     OBJECTIVE_DIRECTIONS,
     DatasetName,
+    EvalProtocol,
     ModelName,
     ObjectiveName,
     OptimizerFamily,
@@ -154,6 +160,14 @@ class StudySpec(_Strict):
         "auto", description=DEVICE_DESCRIPTION
     )
     precision: Precision = "fp32"
+    eval_protocol: EvalProtocol = Field(
+        "holdout",
+        description="Where the 'val' metrics (and so the objective) are measured. 'holdout' "
+        "(default): a held-out 10 % of the training set. 'test': REPRODUCTION MODE -- every "
+        "trial trains on the whole training set and its 'val' metrics are the TEST set, as the "
+        "papers report them; choosing hyperparameters on these numbers is tuning on the test "
+        "set (leakage), so use it only to rerun a published protocol.",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -203,6 +217,7 @@ class StudySpec(_Strict):
     def _check_space(self) -> StudySpec:
         if self.search_space is None:
             self.search_space = default_space(self.optimizer)
+        check_rate_or_cutoff(self.search_space)
         for name, param in list(self.search_space.items()):
             self.search_space[name] = check_param(name, param, self.sampler.name)
         if self.optimizer == "filter":
