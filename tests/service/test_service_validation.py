@@ -87,7 +87,10 @@ BAD_SPECS = {
         "true, false",
     ),
     "filter alpha > gamma": (
-        {**SPEC_EXAMPLES["filter"], "search_space": {"alpha": 0.5, "gamma": 0.1}},
+        {
+            **SPEC_EXAMPLES["filter"],
+            "search_space": {"alpha": 0.5, "gamma": 0.1, "alpha_schedule": "constant"},
+        },
         "search_space.alpha",
         "alpha <= gamma",
     ),
