@@ -168,6 +168,7 @@ def build_train_config(
         channels_last=device.startswith("cuda"),
         compile=compile,
         max_train_samples=spec.max_train_samples,
+        eval_protocol=spec.eval_protocol,
     )
 
 

@@ -308,3 +308,10 @@ def test_compile_setting_is_read_from_the_environment_and_checked(monkeypatch) -
     monkeypatch.setenv("BNN_TUNE_COMPILE", "sometimes")
     with pytest.raises(ValidationError, match="compile"):
         WorkerSettings()
+
+
+@pytest.mark.parametrize("protocol", ["holdout", "test"])
+def test_the_spec_eval_protocol_reaches_the_train_config(protocol: str) -> None:
+    spec = parse_spec({**SPEC_EXAMPLES["bop"], "eval_protocol": protocol})
+    trial = optuna.create_study(directions=spec.directions).ask()
+    assert build_train_config(spec, trial, device="cpu").eval_protocol == protocol
