@@ -82,13 +82,15 @@ class GpuCollector(Collector):
             yield utilisation
 
 
-_GPU_COLLECTOR = GpuCollector()
+_gpu_collector: GpuCollector | None = None
 
 
 def start_metrics_server(port: int, addr: str | None = None) -> None:
     """Serve ``/metrics`` on ``addr:port`` from a daemon thread (``BNN_TUNE_METRICS_ADDR``,
     default all interfaces: Prometheus scrapes the pod or container address)."""
-    if _GPU_COLLECTOR not in REGISTRY._collector_to_names:  # noqa: SLF001 - register once
-        REGISTRY.register(_GPU_COLLECTOR)
+    global _gpu_collector
+    if _gpu_collector is None:  # one per process, however often this is called
+        _gpu_collector = GpuCollector()
+        REGISTRY.register(_gpu_collector)
     start_http_server(port, addr=addr or os.environ.get("BNN_TUNE_METRICS_ADDR", "0.0.0.0"))
     logger.info("metrics on :%d/metrics", port)
