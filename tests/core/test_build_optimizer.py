@@ -235,7 +235,7 @@ def test_bad_sizes_are_refused() -> None:
 
 
 def test_bf16_autocast_leaves_gradients_and_bop_state_fp32_and_unscaled() -> None:
-    # performance.md 3.3 / science.md 1.7: autocast covers the forward only; Bop must see
+    # Mixed precision: autocast covers the forward only; Bop must see
     # fp32 gradients of the true (mean-reduced, unscaled) loss and keep m in fp32.
     torch.manual_seed(0)
     model = build_model("binarynet", (3, 32, 32), 10, width=1 / 16, dense_units=64)
@@ -267,7 +267,7 @@ def test_bf16_autocast_leaves_gradients_and_bop_state_fp32_and_unscaled() -> Non
 
 
 def test_bop2_cifar_recipe_schedules_gamma_sigma_and_threshold_per_step() -> None:
-    # science.md D, bop2ndOrder_CIFAR: 500 epochs at 1000 steps, Keras PolynomialDecay(power 1)
+    # Bop2ndOrder's CIFAR-10 recipe: 500 epochs at 1000 steps, Keras PolynomialDecay(power 1)
     # per step: tau 1e-5 -> 1e-8, gamma 1e-2 -> 1e-5, sigma 1e-7 -> 1e-2 (increasing).
     config = OptimizerConfig(
         name="bop2",

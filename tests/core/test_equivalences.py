@@ -1,4 +1,4 @@
-"""Latent-weight SGD and the flip optimizers give the same binary weights (science.md 3.3, 3.6).
+"""Latent-weight SGD and the flip optimizers give the same binary weights.
 
 Each test runs a latent-weight reference (``torch.optim.SGD`` or the SGDW formula written out
 here) and a flip optimizer side by side in float64, feeding both the same gradient stream, and
@@ -75,7 +75,7 @@ def test_bop_with_zero_threshold_is_latent_sgd_with_weight_decay() -> None:
     sgd = torch.optim.SGD([latent], lr=lr, momentum=0.0, weight_decay=weight_decay)
     binary = nn.Parameter(strict_sign(theta0))
     bop = Bop([binary], gamma=lr * weight_decay, threshold=0.0)
-    bop.set_state(binary, m=-weight_decay * theta0)  # x = -lambda theta (science.md 3.3a)
+    bop.set_state(binary, m=-weight_decay * theta0)  # the EMA state equals -lambda * theta
 
     flips = run_side_by_side(latent, lambda t: sgd.step(), binary, lambda t: bop.step(), seed=2)
     assert flips > N_WEIGHTS  # the equivalence is exercised, not vacuous
@@ -172,7 +172,8 @@ def test_sgd_to_filter_decoupled() -> None:
 
 
 def test_sgd_to_filter_coupled_roots() -> None:
-    # Numbers from science.md 3.3c: eta 0.05, lambda 5e-3, mu 0.9.
+    # Coupled L2 maps through the roots of z^2 - (1 - mu + eta*lambda) z + eta*lambda;
+    # with eta 0.05, lambda 5e-3, mu 0.9 the slower root is alpha ~ 2.559e-3.
     alpha, gamma = sgd_to_filter(0.05, 0.9, 5e-3, decoupled=False)
     assert alpha == pytest.approx(2.559e-3, rel=1e-3)
     assert gamma == pytest.approx(9.769e-2, rel=1e-3)

@@ -1,4 +1,4 @@
-"""Model shapes and the exact BinaryNet layer sequence (science.md 1.5)."""
+"""Model shapes and the exact BinaryNet layer sequence of the Bop paper's CIFAR-10 network."""
 
 from __future__ import annotations
 
@@ -123,7 +123,7 @@ def test_resnet_has_real_stem_shortcut_and_classifier() -> None:
 
 
 def test_resnet_batch_norms_are_birealnet_keras_conversions() -> None:
-    # Bi-Real Net (science.md 1.5): Keras BatchNormalization(momentum=0.8), default eps 1e-3
+    # Bi-Real Net as released in Keras: BatchNormalization(momentum=0.8), default eps 1e-3
     # and scale=True, i.e. PyTorch momentum 1 - 0.8 = 0.2 with a trainable scale.
     model = build_model("resnet", (3, 32, 32), 10)
     norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]

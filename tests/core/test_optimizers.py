@@ -219,7 +219,7 @@ def test_bop2_unbiased_divides_by_the_rates(bias_correction: bool, expected: lis
 
 
 def test_bop2_unbiased_is_biased_with_threshold_tau_gamma_over_sqrt_sigma() -> None:
-    # science.md D [derived]: (m/gamma)/sqrt(v/sigma) = (sqrt(sigma)/gamma) m/sqrt(v), so the
+    # Derived: (m/gamma)/sqrt(v/sigma) = (sqrt(sigma)/gamma) m/sqrt(v), so the
     # unbiased variant at tau flips exactly like the biased one at tau * gamma / sqrt(sigma)
     # (eps scaled by sqrt(sigma)), also while gamma and sigma follow schedules.
     generator = torch.Generator().manual_seed(3)
@@ -255,7 +255,7 @@ def test_bop2_zero_gradient_from_zero_state_is_finite_and_does_not_flip() -> Non
 
 
 def test_bop2_first_step_normalised_score_is_gamma_over_sqrt_sigma() -> None:
-    # science.md 2: at step 1, m / sqrt(v) = (gamma / sqrt(sigma)) sign(g) = 0.03 >> tau.
+    # At step 1, m / sqrt(v) = (gamma / sqrt(sigma)) sign(g) = 0.03 >> tau.
     w = binary(*([1.0] * 4))
     opt = Bop2ndOrder([w], gamma=1e-4, sigma=1e-5, threshold=0.029)
     step_with(opt, w, 3.0, -0.5, 1e-3, -7.0)

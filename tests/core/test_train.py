@@ -237,10 +237,11 @@ def test_binarynet_with_augmentation_on_synthetic_cifar() -> None:
 
 
 def test_cifar_inputs_pad_with_black_in_training_and_are_only_scaled_in_evaluation() -> None:
-    # science.md 1.5: train = zero-pad 4 px on the raw uint8 image, random 32x32 crop, random
-    # flip, then x / 127.5 - 1 (so padding reads -1); val/test = only the scaling. White images
-    # make this visible: a training input holds 1 and, at a shifted crop, -1 borders (0 would
-    # mean "normalised, then padded"); an evaluation input is exactly 1 everywhere.
+    # The Bop paper's CIFAR pipeline: train = zero-pad 4 px on the raw uint8 image, random
+    # 32x32 crop, random flip, then x / 127.5 - 1 (so padding reads -1); val/test = only the
+    # scaling. White images make this visible: a training input holds 1 and, at a shifted
+    # crop, -1 borders (0 would mean "normalised, then padded"); an evaluation input is
+    # exactly 1 everywhere.
     x = np.full((60, 3, 32, 32), 255, dtype=np.uint8)
     y = np.arange(60, dtype=np.int64) % 10
     data = Dataset("cifar10", x[:40], y[:40], x[40:], y[40:], num_classes=10)
