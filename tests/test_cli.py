@@ -74,7 +74,6 @@ def test_subcommand_help(command: str, capsys: pytest.CaptureFixture[str]) -> No
 
 
 def test_train_help_is_bnn_train_help() -> None:
-    pytest.importorskip("bnn_core.cli")
     result = _run("train", "--help")
     assert result.returncode == 0, result.stderr
     assert "--dataset" in result.stdout
