@@ -5,11 +5,21 @@ spec's names (``gamma``, ``threshold``, ``alpha_schedule`` ...); ``include_zero`
 categorical ``<name>_is_zero`` parameter first. Fixed values are not sampled; they are recorded in
 the user attr ``fixed_params`` so that the dashboard shows them next to the sampled ones.
 
-The ``filter`` family needs ``alpha <= gamma``: ``gamma`` is sampled first and the range of
-``alpha`` is clipped to ``high = min(alpha.high, gamma)`` (a fixed alpha raises gamma's ``low``
-instead). When no valid alpha exists (gamma below alpha's lowest value, or an alpha choice above
-gamma) :class:`InfeasibleParams` is raised and the worker ends the trial PRUNED without training,
-with user attr ``error = "alpha > gamma"``.
+EMA rates given as cutoffs (``gamma_cutoff``, ``sigma_cutoff``, ``alpha_cutoff``, cycles per
+step) are sampled as such (the Optuna parameter is the cutoff, log-scaled when the spec says
+so) and converted to the rate by ``bnn_core.filters.cutoff_to_rate`` in
+:func:`build_optimizer_config`; the derived rates are recorded in the user attr ``rates``
+(``{"gamma": 0.0012, ...}``), so a trial shows both.
+
+The ``filter`` family's ``alpha <= gamma`` holds only where it is a symmetry,
+``bnn_core.filters.order_is_symmetric`` (a constant alpha: the two stages commute, so a swapped
+pair trains identically). ``alpha_schedule`` is sampled first; with a constant alpha, ``gamma``
+is sampled next and the range of ``alpha`` is clipped to ``alpha <= gamma`` (compared as rates;
+a cutoff bound is the cutoff of that rate, both being monotone), and a fixed alpha raises
+gamma's ``low`` instead. When no valid alpha exists (gamma below alpha's lowest value, or an
+alpha choice above gamma) :class:`InfeasibleParams` is raised and the worker ends the trial
+PRUNED without training, with user attr ``error = "alpha > gamma"``. With a scheduled alpha
+every pair is a different filter: both rates are sampled over their whole ranges and trained.
 """
 
 from __future__ import annotations
@@ -23,7 +33,13 @@ from typing import Any
 import optuna
 from optuna.trial import BaseTrial
 
-from bnn_core.config import OptimizerConfig, Schedule, TrainConfig
+from bnn_core.config import FAMILY_DEFAULTS, OptimizerConfig, Schedule, TrainConfig
+from bnn_core.filters import (
+    MAX_RATE_WITH_CUTOFF,
+    cutoff_to_rate,
+    order_is_symmetric,
+    rate_to_cutoff,
+)
 from service.spec import (
     BOOL_PARAMS,
     SCHEDULE_PARAMS,
@@ -33,12 +49,14 @@ from service.spec import (
     ScheduleSpec,
     StudySpec,
 )
+from service.spec.cutoffs import CUTOFF_PARAMS
 from service.vocabulary import PRUNERS, SAMPLERS
 
 __all__ = [
     "InfeasibleParams",
     "suggest_params",
     "build_optimizer_config",
+    "derived_rates",
     "build_train_config",
     "build_sampler",
     "build_pruner",
@@ -76,30 +94,84 @@ def _suggest_one(trial: BaseTrial, name: str, spec: Any, fixed: dict[str, Any]) 
     return spec
 
 
+def _rate(name: str, value: Any) -> float:
+    """The EMA rate of a sampled ``name`` (a rate, or a ``<rate>_cutoff``)."""
+    return cutoff_to_rate(float(value)) if name in CUTOFF_PARAMS else float(value)
+
+
+def _in_domain_of(name: str, rate: float) -> float | None:
+    """``rate`` as a bound for parameter ``name``: itself, or its cutoff for a cutoff parameter
+    (None: a rate above ``MAX_RATE_WITH_CUTOFF``, higher than any cutoff's rate)."""
+    if name not in CUTOFF_PARAMS:
+        return rate
+    return rate_to_cutoff(rate) if rate <= MAX_RATE_WITH_CUTOFF else None
+
+
+def _rate_name(space: dict[str, Any], rate: str) -> str | None:
+    """The parameter giving ``rate`` in ``space``: the rate itself or its cutoff (never both)."""
+    for name in (rate, f"{rate}_cutoff"):
+        if name in space:
+            return name
+    return None
+
+
 def _suggest_filter(
     trial: BaseTrial, space: dict[str, Any], fixed: dict[str, Any]
 ) -> dict[str, Any]:
-    """gamma first, then alpha clipped to alpha <= gamma (see the module docstring)."""
+    """alpha_schedule first; with a constant alpha, gamma then alpha clipped to alpha <= gamma
+    (see the module docstring)."""
     values: dict[str, Any] = {}
-    alpha, gamma = space.get("alpha"), space.get("gamma")
-    if isinstance(gamma, RangeSpec) and isinstance(alpha, int | float):
-        values["gamma"] = _suggest_range(trial, "gamma", gamma, low=max(gamma.low, float(alpha)))
-    elif gamma is not None:
-        values["gamma"] = _suggest_one(trial, "gamma", gamma, fixed)
-    gamma_value = float(values.get("gamma", OptimizerConfig.gamma))
-    if isinstance(alpha, RangeSpec):
-        values["alpha"] = _suggest_range(trial, "alpha", alpha, high=min(alpha.high, gamma_value))
-    elif alpha is not None:
-        values["alpha"] = _suggest_one(trial, "alpha", alpha, fixed)
-    if float(values.get("alpha", OptimizerConfig.alpha)) > gamma_value:
+    if "alpha_schedule" in space:
+        values["alpha_schedule"] = _suggest_one(
+            trial, "alpha_schedule", space["alpha_schedule"], fixed
+        )
+    if not order_is_symmetric(build_optimizer_config("filter", values)):
+        return values  # a scheduled alpha: every (alpha, gamma) pair is its own filter
+    defaults = FAMILY_DEFAULTS["filter"]
+    alpha_name, gamma_name = _rate_name(space, "alpha"), _rate_name(space, "gamma")
+    alpha = space[alpha_name] if alpha_name else None
+    gamma = space[gamma_name] if gamma_name else None
+    gamma_rate = defaults["gamma"]
+    if gamma_name is not None:
+        if isinstance(gamma, RangeSpec) and alpha_name and isinstance(alpha, int | float):
+            low = _in_domain_of(gamma_name, _rate(alpha_name, alpha))
+            low = float("inf") if low is None else max(gamma.low, low)
+            if low > gamma.high:
+                raise InfeasibleParams("alpha > gamma")
+            values[gamma_name] = _suggest_range(trial, gamma_name, gamma, low=low)
+        else:
+            values[gamma_name] = _suggest_one(trial, gamma_name, gamma, fixed)
+        gamma_rate = _rate(gamma_name, values[gamma_name])
+    alpha_rate = defaults["alpha"]
+    if alpha_name is not None:
+        if isinstance(alpha, RangeSpec):
+            high = _in_domain_of(alpha_name, gamma_rate)
+            high = alpha.high if high is None else min(alpha.high, high)
+            if alpha.low > high:
+                raise InfeasibleParams("alpha > gamma")
+            values[alpha_name] = _suggest_range(trial, alpha_name, alpha, high=high)
+        else:
+            values[alpha_name] = _suggest_one(trial, alpha_name, alpha, fixed)
+        alpha_rate = _rate(alpha_name, values[alpha_name])
+    if alpha_rate > gamma_rate * (1.0 + 1e-12):  # a cutoff bound round-trips to its rate
         raise InfeasibleParams("alpha > gamma")
     return values
 
 
+def derived_rates(values: dict[str, Any]) -> dict[str, float]:
+    """The EMA rates of the cutoffs among ``values``: ``{"gamma": cutoff_to_rate(...)}``."""
+    return {
+        CUTOFF_PARAMS[name]: cutoff_to_rate(float(value))
+        for name, value in values.items()
+        if name in CUTOFF_PARAMS
+    }
+
+
 def suggest_params(trial: BaseTrial, spec: StudySpec) -> dict[str, Any]:
     """Sample (or take fixed) every search-space parameter; returns ``name -> value`` with
-    schedule parameters as :class:`ScheduleSpec`/kind strings. Fixed values go to the user attr
-    ``fixed_params``. Raises :class:`InfeasibleParams` for an unsatisfiable filter sample."""
+    schedule parameters as :class:`ScheduleSpec`/kind strings and cutoffs as cutoffs. Fixed
+    values go to the user attr ``fixed_params``, the rates derived from cutoffs to ``rates``.
+    Raises :class:`InfeasibleParams` for an unsatisfiable constant-alpha filter sample."""
     space = spec.space
     fixed: dict[str, Any] = {}
     values: dict[str, Any] = {}
@@ -110,6 +182,8 @@ def suggest_params(trial: BaseTrial, spec: StudySpec) -> dict[str, Any]:
             values[name] = _suggest_one(trial, name, param, fixed)
     if fixed:
         trial.set_user_attr("fixed_params", fixed)
+    if rates := derived_rates(values):
+        trial.set_user_attr("rates", rates)
     return values
 
 
@@ -122,12 +196,15 @@ def _schedule(value: Any) -> Schedule:
 
 
 def build_optimizer_config(family: str, values: dict[str, Any]) -> OptimizerConfig:
-    """``OptimizerConfig(name=family, **values)``; unlisted fields keep their defaults.
+    """``OptimizerConfig(name=family, **values)``; unlisted fields keep their family's defaults.
     Schedules become ``Schedule``, bools ``bool``, string parameters (``latent_lr_scaling``)
-    ``str``, everything else ``float``."""
+    ``str``, a cutoff the rate ``bnn_core.filters.cutoff_to_rate`` gives, everything else
+    ``float``."""
     kwargs: dict[str, Any] = {}
     for name, value in values.items():
-        if name in SCHEDULE_PARAMS:
+        if name in CUTOFF_PARAMS:
+            kwargs[CUTOFF_PARAMS[name]] = cutoff_to_rate(float(value))
+        elif name in SCHEDULE_PARAMS:
             kwargs[name] = _schedule(value)
         elif name in BOOL_PARAMS:
             kwargs[name] = bool(value)

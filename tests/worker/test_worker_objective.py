@@ -140,6 +140,7 @@ def test_filter_alpha_never_exceeds_gamma() -> None:
         search_space={
             "alpha": {"low": 1e-4, "high": 0.5, "log": True},
             "gamma": {"low": 1e-3, "high": 1.0, "log": True},
+            "alpha_schedule": "constant",  # the order is a symmetry only for a constant alpha
         },
         sampler={"name": "random", "seed": 3},
     )
@@ -157,6 +158,7 @@ def test_filter_without_a_valid_alpha_is_infeasible() -> None:
         search_space={
             "alpha": {"low": 1e-2, "high": 0.5, "log": True},
             "gamma": {"low": 1e-3, "high": 1.0, "log": True},
+            "alpha_schedule": "constant",
         },
     )
     with pytest.raises(InfeasibleParams, match="alpha"):
@@ -166,7 +168,11 @@ def test_filter_without_a_valid_alpha_is_infeasible() -> None:
 def test_filter_fixed_alpha_raises_gammas_low() -> None:
     spec = _spec(
         optimizer="filter",
-        search_space={"alpha": 0.05, "gamma": {"low": 1e-3, "high": 1.0, "log": True}},
+        search_space={
+            "alpha": 0.05,
+            "gamma": {"low": 1e-3, "high": 1.0, "log": True},
+            "alpha_schedule": "constant",
+        },
         sampler={"name": "random", "seed": 0},
     )
     for trial in _sample(spec, 20):
