@@ -307,7 +307,12 @@ def test_timeout_ends_the_running_trial_at_its_next_epoch(sqlite_url: str) -> No
 
 
 def test_an_infeasible_filter_sample_is_pruned_without_training(sqlite_url: str) -> None:
-    space = {"alpha": {"choices": [0.5]}, "gamma": {"choices": [0.1, 0.9]}, "real_lr": 0.01}
+    space = {
+        "alpha": {"choices": [0.5]},
+        "gamma": {"choices": [0.1, 0.9]},
+        "real_lr": 0.01,
+        "alpha_schedule": "constant",  # alpha <= gamma is a symmetry only for a constant alpha
+    }
     study_id = new_study(
         sqlite_url,
         optimizer="filter",
