@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse
 from fastapi.security import APIKeyHeader
 from optuna.storages import BaseStorage
 from optuna.trial import TrialState
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
@@ -25,7 +26,7 @@ from sqlalchemy.orm import Session
 from service import studies as ops
 from service import workers as registry
 from service.errors import InvalidSpecError, NotFoundError, ServiceError, StorageUnavailableError
-from service.limits import INT32_MAX
+from service.limits import INT32_MAX, MAX_N_TRIALS
 from service.migrate import check_migrated
 from service.models import ACTIVE_STATUSES, STUDY_STATUSES, Study
 from service.plots import StudyData, render_plot
@@ -238,7 +239,12 @@ def read_study(
 ) -> StudyPublic:
     """Status, spec, progress, budget, the best trial (Pareto front if multi-objective) and,
     for a queued or running study that no live worker can train, `waiting_reason`."""
-    study = _study(session, study_id)
+    return _public(request, session, storage, settings, _study(session, study_id))
+
+
+def _public(
+    request: Request, session: Session, storage: BaseStorage, settings: Settings, study: Study
+) -> StudyPublic:
     spec = ops.spec_of(study)
     optuna_id = ops.optuna_study_id(session, study)
     best = ops.best_of(session, storage, optuna_id, spec.directions)
@@ -287,12 +293,49 @@ def stop_study(study_id: StudyId, session: SessionDep) -> StudySummary:
     return _summary(study)
 
 
-@studies.delete("/{study_id}")
-def delete_study(study_id: StudyId, session: SessionDep, storage: StorageDep) -> StudySummary:
-    """Soft-delete (hidden from the list); 409 while the study has running trials."""
-    study = ops.delete_study(session, storage, _study(session, study_id))
+class ResumeRequest(BaseModel):
+    """``add_trials``: more trials for the budget (default: see :func:`service.lifecycle.resume`:
+    the failed ones when the budget is used up, none while budget is left)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    add_trials: Annotated[int, Field(ge=1, le=MAX_N_TRIALS, strict=True)] | None = None
+
+
+@studies.post("/{study_id}/resume")
+def resume_study(
+    request: Request,
+    study_id: StudyId,
+    session: SessionDep,
+    storage: StorageDep,
+    settings: SettingsDep,
+    body: Annotated[ResumeRequest | None, Body()] = None,
+) -> StudyPublic:
+    """Queue a stopped, failed or completed study again (409 otherwise), its error cleared and
+    its budget grown by `add_trials` -- by default by its failed trials when the budget is used
+    up (a study whose trials failed for a cause since fixed runs them again), by nothing while
+    budget is left. Earlier trials stay and keep informing the sampler."""
+    study = _study(session, study_id)
+    add = body.add_trials if body is not None else None
+    ops.resume_study(session, study, add, settings.max_trials)
     session.commit()
-    return _summary(study)
+    return _public(request, session, storage, settings, study)
+
+
+@studies.delete("/{study_id}")
+def delete_study(
+    study_id: StudyId,
+    session: SessionDep,
+    storage: StorageDep,
+    purge: Annotated[bool, Query(description="also delete our record and free the name")] = False,
+) -> StudySummary:
+    """Delete a study's Optuna study (its trials; gone from optuna-dashboard) and hide it; our
+    record stays (`?status=deleted`) and keeps the name, unless `purge=true` deletes it too and
+    frees the name. 409 while the study has running trials."""
+    study = ops.get_study(session, study_id, include_deleted=purge)
+    summary = _summary(ops.delete_study(session, storage, study, purge=purge))
+    session.commit()
+    return summary
 
 
 @studies.get(

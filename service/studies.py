@@ -13,22 +13,24 @@ from __future__ import annotations
 import math
 
 import optuna
+import yaml
 from optuna.storages import BaseStorage
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
+from optuna_dashboard import save_note
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from service.errors import ConflictError, NotFoundError
+from service.errors import ConflictError, InvalidSpecError, NotFoundError
+from service.lifecycle import RESUMABLE, ResumeRefused, request_stop, resume, transition
 from service.lifecycle import make_storage as make_optuna_storage
-from service.lifecycle import request_stop, transition
 from service.lifecycle.state import trial_error
 from service.lifecycle.tables import ValueType as _ValueType
 from service.lifecycle.tables import optuna_studies as _o_studies
 from service.lifecycle.tables import optuna_trials as _o_trials
 from service.lifecycle.tables import optuna_values as _o_values
-from service.models import Study, optuna_study_name
+from service.models import Study
 from service.schemas import BestTrial, Budget, Progress, TrialPublic
 from service.spec import StudySpec, stored_spec
 
@@ -38,6 +40,7 @@ __all__ = [
     "get_study",
     "list_studies",
     "stop_study",
+    "resume_study",
     "delete_study",
     "load_trials",
     "study_progress",
@@ -63,7 +66,8 @@ def spec_of(study: Study) -> StudySpec:
 def create_study(
     session: Session, storage: BaseStorage, spec: StudySpec, *, owner: str | None = None
 ) -> Study:
-    """Insert the row, then create its Optuna study (directions, metric names).
+    """Insert the row, then create its Optuna study, named after the spec (directions,
+    metric names, the spec as the study's note in optuna-dashboard).
 
     Two transactions (SQLite allows one writer, and Optuna writes on its own connection): the
     row is committed first and deleted again if the Optuna study cannot be created. A worker
@@ -74,7 +78,13 @@ def create_study(
     ).first()
     if existing is not None:
         study_id, status = existing
-        hint = "; names of deleted studies are not reused" if status == "deleted" else ""
+        hint = (
+            f"; `bnn-tune delete {study_id} --purge` frees the name"
+            if status == "deleted"
+            else f"; `bnn-tune resume {study_id}` runs it again"
+            if status in RESUMABLE
+            else ""
+        )
         raise ConflictError(
             f"a study named {spec.name!r} already exists (id {study_id}, {status}){hint}"
         )
@@ -85,11 +95,11 @@ def create_study(
         owner=owner or spec.owner,
         n_trials=spec.n_trials,
         n_claimed=0,
+        optuna_study_name=spec.name,
     )
     session.add(study)
     try:
         session.flush()
-        study.optuna_study_name = optuna_study_name(study.id)
         session.commit()
     except IntegrityError as exc:
         session.rollback()
@@ -114,20 +124,33 @@ def _create_optuna_study(storage: BaseStorage, study: Study, spec: StudySpec) ->
         storage.set_study_user_attr(optuna_id, "bnn_tune_study_id", study.id)
         for key, value in _dashboard_attrs(spec).items():  # optuna-dashboard lists user attrs
             storage.set_study_user_attr(optuna_id, key, value)
-        storage.set_study_system_attr(optuna_id, "study:metric_names", list(spec.objectives))
+        optuna_study = optuna.Study(study.optuna_study_name, storage)
+        optuna_study.set_metric_names(list(spec.objectives))
+        save_note(optuna_study, spec_note(study.id, spec))
     except Exception:
         storage.delete_study(optuna_id)
         raise
 
 
 def _dashboard_attrs(spec: StudySpec) -> dict[str, str]:
-    """What tells Optuna studies ``bnn-tune-<id>`` apart in optuna-dashboard's study list."""
+    """The facts optuna-dashboard's study page lists next to the study's name."""
     return {
         "name": spec.name,
         "optimizer": spec.optimizer,
         "model": spec.model,
         "dataset": spec.dataset,
     }
+
+
+def spec_note(study_id: int, spec: StudySpec) -> str:
+    """The study's note in optuna-dashboard (Markdown): what it is and its spec as YAML."""
+    body = yaml.safe_dump(spec.model_dump(mode="json", exclude_none=True), sort_keys=False)
+    about = f"{spec.description}\n\n" if getattr(spec, "description", None) else ""
+    return (
+        f"## {spec.name}\n\n{about}BNN-Tune study {study_id}: {spec.optimizer} on "
+        f"{spec.model}/{spec.dataset}, {spec.n_trials} trials of {spec.epochs} epochs.\n\n"
+        f"```yaml\n{body}```\n"
+    )
 
 
 def get_study(session: Session, study_id: int, *, include_deleted: bool = False) -> Study:
@@ -158,17 +181,67 @@ def stop_study(session: Session, study: Study) -> Study:
     raise ConflictError(f"study {study.id} is already {study.status}")
 
 
-def delete_study(session: Session, storage: BaseStorage, study: Study) -> Study:
-    """Soft-delete (status ``deleted``); refused while the study is running trials."""
+def resume_study(
+    session: Session, study: Study, add_trials: int | None, max_trials: int | None
+) -> int:
+    """Queue a stopped, failed or completed study again (:func:`service.lifecycle.resume`
+    decides the budget); the trials added. 409 for another status or a study whose Optuna
+    study is gone; 422 (``add_trials``) past the server's ``max_trials``."""
+    if study.status in RESUMABLE and optuna_study_id(session, study) is None:
+        raise ConflictError(
+            f"study {study.id} cannot be resumed: its Optuna study "
+            f"{study.optuna_study_name!r} is gone; submit the spec again"
+        )
+    if add_trials is not None and max_trials is not None:
+        if study.n_trials + add_trials > max_trials:
+            raise InvalidSpecError(
+                [
+                    {
+                        "field": "add_trials",
+                        "message": f"{study.n_trials} + {add_trials} trials exceed "
+                        f"max_trials={max_trials}",
+                        "type": "value_error",
+                    }
+                ]
+            )
+    try:
+        added = resume(session, study, add_trials)
+    except ResumeRefused as exc:
+        raise ConflictError(str(exc)) from exc
+    session.refresh(study)
+    return added
+
+
+def delete_study(
+    session: Session, storage: BaseStorage, study: Study, *, purge: bool = False
+) -> Study:
+    """Delete a study; refused while it is running trials.
+
+    Both ways remove its Optuna study (its trials), so optuna-dashboard no longer lists it.
+    Without ``purge`` our row stays, status ``deleted`` (name, spec, budget, times, error:
+    ``?status=deleted`` lists it) and keeps the name taken; ``purge`` deletes the row too and
+    frees the name. Study ids are never reused either way.
+    """
     if study.status in ("running", "stopping"):
         raise ConflictError(f"study {study.id} is {study.status}; stop it first")
-    running = trial_counts(session, optuna_study_id(session, study)).n_running
+    optuna_id = optuna_study_id(session, study)
+    running = trial_counts(session, optuna_id).n_running
     if running:
         raise ConflictError(f"study {study.id} has {running} running trial(s); stop it first")
-    moved = transition(session, study.id, "deleted")
-    session.refresh(study)
-    if not moved:
-        raise ConflictError(f"study {study.id} is {study.status}; stop it first")
+    if study.status != "deleted":
+        moved = transition(session, study.id, "deleted")
+        session.refresh(study)
+        if not moved:
+            raise ConflictError(f"study {study.id} is {study.status}; stop it first")
+    session.commit()  # deleted before its trials go: no worker claims from it meanwhile
+    if optuna_id is not None:
+        try:
+            storage.delete_study(optuna_id)
+        except KeyError:  # deleted meanwhile (another request, optuna-dashboard)
+            pass
+    if purge:
+        session.delete(study)
+        session.commit()
     return study
 
 

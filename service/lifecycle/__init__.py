@@ -22,6 +22,11 @@ Contract (every caller may rely on these; every change here must keep them):
   nothing runs (:func:`not_done_reason` is the one "budget done" rule).
 * A ``stopping`` study starts no trial; its WAITING retries are failed, and it becomes
   ``stopped`` once nothing runs.
+* A ``stopped``, ``completed`` or ``failed`` study is queued again only by :func:`resume`: its
+  error cleared, ``started_at`` cleared (``timeout_s`` counts from the resume) and its budget
+  grown by ``add_trials`` -- by default by its failed slots (:func:`failed_slots`) when the
+  budget is used up, by nothing while budget is left. Earlier trials stay (the sampler learns
+  from them); the budget invariant above holds across resumes.
 * A study whose Optuna study vanished (renamed or deleted in optuna-dashboard, which shares the
   database) ends ``failed`` with an error saying so (:func:`fail_vanished`).
 * Every process opens Optuna's storage through :func:`make_storage` (one engine per retry
@@ -44,15 +49,19 @@ from service.lifecycle.recovery import (
 from service.lifecycle.state import (
     ACTIVE,
     FINAL,
+    RESUMABLE,
     STALE_ERROR,
     TRANSITIONS,
+    ResumeRefused,
     claim_slot,
     fail_vanished,
+    failed_slots,
     final_status,
     give_back_claims,
     not_done_reason,
     release_slot,
     request_stop,
+    resume,
     timed_out,
     transition,
     vanished_error,
@@ -62,12 +71,14 @@ from service.lifecycle.storage import DatabaseNotReady, database_problem, make_s
 __all__ = [
     "ACTIVE",
     "FINAL",
+    "RESUMABLE",
     "STALE_ERROR",
     "STOPPED_ERROR",
     "TRANSITIONS",
     "VOLATILE_ATTRS",
     "CleanRetryCallback",
     "DatabaseNotReady",
+    "ResumeRefused",
     "Lifecycle",
     "StaleClock",
     "StudyContext",
@@ -76,6 +87,7 @@ __all__ = [
     "db_error_text",
     "fail_vanished",
     "fail_waiting_trials",
+    "failed_slots",
     "final_status",
     "give_back_claims",
     "is_connectivity_error",
@@ -84,6 +96,7 @@ __all__ = [
     "not_done_reason",
     "recover",
     "release_slot",
+    "resume",
     "request_stop",
     "timed_out",
     "transition",

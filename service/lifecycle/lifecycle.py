@@ -227,8 +227,8 @@ class Lifecycle:
     # -- ending ---------------------------------------------------------------------------
 
     def finish_stopping(self, ctx: StudyContext) -> None:
-        """WAITING retries of a stopping study fail (it is never resumed); the last process to
-        see no RUNNING trial sets ``stopped``."""
+        """WAITING retries of a stopping study fail (a resume grows the budget instead); the
+        last process to see no RUNNING trial sets ``stopped``."""
         self.recover(ctx)
         failed = fail_waiting_trials(ctx.storage, ctx.study._study_id, STOPPED_ERROR)
         if failed:

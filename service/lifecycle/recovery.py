@@ -41,7 +41,17 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 # User attrs that describe one attempt of a trial; a retry starts without them.
-VOLATILE_ATTRS = ("epochs", "error", "stop_reason", "seconds", "worker_id", "device")
+VOLATILE_ATTRS = (
+    "epochs",
+    "error",
+    "stop_reason",
+    "seconds",
+    "worker_id",
+    "worker",
+    "device",
+    "flip_ratio",
+    "epochs_run",
+)
 STOPPED_ERROR = "study stopped before the retry ran"
 ORPHAN_ERROR = "orphaned: never started"
 

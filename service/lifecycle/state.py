@@ -14,12 +14,14 @@ from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import ColumnElement, func, select, true, update
 from sqlalchemy.orm import Session
 
-from service.lifecycle.tables import optuna_studies
+from service.lifecycle.tables import optuna_studies, optuna_trials
 from service.models import Study
 
 __all__ = [
     "ACTIVE",
     "FINAL",
+    "RESUMABLE",
+    "ResumeRefused",
     "STALE_ERROR",
     "TRANSITIONS",
     "transition",
@@ -33,19 +35,23 @@ __all__ = [
     "final_status",
     "vanished_error",
     "fail_vanished",
+    "failed_slots",
+    "resume",
 ]
 
 # Which status may follow which. ``completed``/``stopped`` -> ``failed`` only for a study whose
 # Optuna study vanished (its results are gone; showing it as completed with 0 trials misleads).
+# ``stopped``/``completed``/``failed`` -> ``queued`` is a resume (:func:`resume`).
 TRANSITIONS: dict[str, frozenset[str]] = {
     "queued": frozenset({"running", "stopping", "stopped", "completed", "failed", "deleted"}),
     "running": frozenset({"stopping", "completed", "failed"}),
     "stopping": frozenset({"stopped", "failed"}),
-    "stopped": frozenset({"failed", "deleted"}),
-    "completed": frozenset({"failed", "deleted"}),
-    "failed": frozenset({"deleted"}),
+    "stopped": frozenset({"queued", "failed", "deleted"}),
+    "completed": frozenset({"queued", "failed", "deleted"}),
+    "failed": frozenset({"queued", "deleted"}),
     "deleted": frozenset(),
 }
+RESUMABLE: tuple[str, ...] = tuple(s for s, targets in TRANSITIONS.items() if "queued" in targets)
 ACTIVE: tuple[str, ...] = ("queued", "running", "stopping")  # statuses workers look at
 FINAL: tuple[str, ...] = ("stopped", "completed", "failed", "deleted")  # set ``finished_at``
 STALE_ERROR = "no heartbeat within the grace period: its worker died or lost the database"
@@ -68,12 +74,14 @@ def transition(
     from_: Sequence[str] | None = None,
     where: ColumnElement[bool] | None = None,
     error: str | None = None,
+    also: dict[str, Any] | None = None,
 ) -> bool:
     """Move study ``study_id`` to ``to`` if its status is one of ``from_`` (default: every
     status :data:`TRANSITIONS` allows to reach ``to``) and ``where`` holds; whether it moved.
 
     Final states get ``finished_at``; ``running`` gets ``started_at`` (once); ``error`` is
-    stored made safe for the database (see :func:`_storable`).
+    stored made safe for the database (see :func:`_storable`); ``also``: further columns
+    written in the same statement (a resume's budget).
     """
     allowed = [s for s, targets in TRANSITIONS.items() if to in targets]
     sources = allowed if from_ is None else [s for s in from_ if s in allowed]
@@ -87,6 +95,7 @@ def transition(
         values["started_at"] = func.coalesce(Study.started_at, now)
     if error is not None:
         values["error"] = _storable(error)
+    values.update(also or {})
     result = session.execute(
         update(Study)
         .where(
@@ -252,3 +261,59 @@ def fail_vanished(session: Session, older_than_s: float) -> list[int]:
         if transition(session, study_id, "failed", error=vanished_error(name)):
             failed.append(study_id)
     return failed
+
+
+def failed_slots(session: Session, row: Study) -> int:
+    """Budget slots of study ``row`` whose trial (and every retry of it) ended FAIL: the claims
+    that did not end COMPLETE or PRUNED (each claim ends in at most one of those, its retries
+    included), nothing RUNNING or WAITING being left in a finished study."""
+    finished = session.scalar(
+        select(func.count())
+        .select_from(
+            optuna_trials.join(
+                optuna_studies, optuna_studies.c.study_id == optuna_trials.c.study_id
+            )
+        )
+        .where(
+            optuna_studies.c.study_name == row.optuna_study_name,
+            optuna_trials.c.state.in_((TrialState.COMPLETE, TrialState.PRUNED)),
+        )
+    )
+    return max(row.n_claimed - int(finished or 0), 0)
+
+
+class ResumeRefused(ValueError):
+    """A resume that cannot be done (wrong status, no budget to run): the reason."""
+
+
+def resume(session: Session, row: Study, add_trials: int | None) -> int:
+    """Queue a stopped, completed or failed study again; the number of trials added.
+
+    The budget grows by ``add_trials``; without it, by the study's failed slots
+    (:func:`failed_slots`) when its budget is used up -- so a study whose trials all failed
+    (missing data, a bad parameter) runs as many trials again once the cause is fixed -- and by
+    nothing while budget is left (a stopped study goes on with the rest). A study with its
+    budget used up, nothing failed and no ``add_trials`` is refused (it would complete at
+    once). The error is cleared; ``started_at`` too, so ``timeout_s`` counts from the resume.
+    Conditional on the status the caller saw: a concurrent resume or delete wins cleanly.
+    """
+    if row.status not in RESUMABLE:
+        raise ResumeRefused(
+            f"study {row.id} is {row.status}; only {', '.join(RESUMABLE)} studies can be resumed"
+        )
+    if add_trials is None:
+        add_trials = failed_slots(session, row) if row.n_claimed >= row.n_trials else 0
+        if add_trials == 0 and row.n_claimed >= row.n_trials:
+            raise ResumeRefused(
+                f"study {row.id} used its whole budget ({row.n_trials} trials) and none failed; "
+                "give add_trials to run more"
+            )
+    again = {
+        "n_trials": Study.n_trials + add_trials,
+        "error": None,
+        "started_at": None,
+        "finished_at": None,
+    }
+    if not transition(session, row.id, "queued", from_=(row.status,), also=again):
+        raise ResumeRefused(f"study {row.id} changed meanwhile; try again")
+    return add_trials

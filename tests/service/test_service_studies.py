@@ -35,7 +35,7 @@ def test_create_and_get(client: httpx.Client, backend_url: str, unique_name: Cal
     name = unique_name("bop")
     created = _create(client, _spec(name))
     assert created["status"] == "queued" and created["name"] == name
-    assert created["optuna_study_name"] == f"bnn-tune-{created['id']}"
+    assert created["optuna_study_name"] == name  # optuna-dashboard lists it by the spec's name
     assert created["links"]["self"] == f"/api/v1/studies/{created['id']}"
 
     body = client.get(created["links"]["self"]).json()
@@ -48,7 +48,11 @@ def test_create_and_get(client: httpx.Client, backend_url: str, unique_name: Cal
     study = optuna.load_study(study_name=created["optuna_study_name"], storage=backend_url)
     assert study.directions == [optuna.study.StudyDirection.MAXIMIZE]
     assert study.metric_names == ["val_accuracy"]
-    # optuna-dashboard lists studies as bnn-tune-<id> with their user attrs: name them there
+    from optuna_dashboard import get_note
+
+    note = get_note(study)  # the spec, as YAML, in the study's note
+    assert note.startswith(f"## {name}\n") and "```yaml\n" in note
+    assert f"name: {name}\n" in note and "optimizer: bop\n" in note
     assert study.user_attrs == {
         "bnn_tune_study_id": created["id"],
         "name": name,
@@ -225,6 +229,8 @@ def test_delete_rules(client: httpx.Client, backend_url: str, unique_name: Calla
     response = client.delete(created["links"]["self"])
     assert response.status_code == 200 and response.json()["status"] == "deleted"
     assert client.get(created["links"]["self"]).status_code == 404
+    names = {s.study_name for s in optuna.get_all_study_summaries(backend_url)}
+    assert created["optuna_study_name"] not in names  # gone from optuna-dashboard
     listed = client.get("/api/v1/studies", params={"limit": 1000}).json()["data"]
     assert created["id"] not in {s["id"] for s in listed}
     deleted = client.get("/api/v1/studies", params={"status": "deleted", "limit": 1000}).json()
@@ -232,7 +238,14 @@ def test_delete_rules(client: httpx.Client, backend_url: str, unique_name: Calla
     again = client.post("/api/v1/studies", json=_spec(created["name"]))
     assert again.status_code == 409  # the hidden, deleted study still owns the name: say so
     assert f"id {created['id']}, deleted" in again.json()["detail"]
-    assert "not reused" in again.json()["detail"]
+    assert f"bnn-tune delete {created['id']} --purge" in again.json()["detail"]
+    purged = client.delete(created["links"]["self"], params={"purge": "true"})
+    assert purged.status_code == 200, purged.text
+    deleted = client.get("/api/v1/studies", params={"status": "deleted", "limit": 1000}).json()
+    assert created["id"] not in {s["id"] for s in deleted["data"]}
+    reborn = _create(client, _spec(created["name"]))  # the name is free again, a new id
+    assert reborn["id"] > created["id"] and reborn["optuna_study_name"] == created["name"]
+    assert client.delete(created["links"]["self"], params={"purge": "true"}).status_code == 404
 
     busy = _create(client, _spec(unique_name("del")))
     engine = make_engine(backend_url)
