@@ -83,7 +83,7 @@ def _missing_message(data: StudyData) -> str:
 
 
 def _label(data: StudyData, trial: FrozenTrial, record: dict[str, Any], prefix: str) -> str:
-    value = f"{data.objectives[0]} {trial.values[0]:.3g}"
+    value = ", ".join(f"{o} {v:.3g}" for o, v in zip(data.objectives, trial.values, strict=False))
     steps = number(record.get("period_steps"))
     cutoff = f", cutoff {steps:.3g} steps" if steps is not None else ", no -3 dB cutoff"
     return f"{prefix}#{trial.number}: {value}{cutoff}"
@@ -111,7 +111,7 @@ def plot_filter(data: StudyData, compare: StudyData | None = None, **_: Any) -> 
     _pass_band(ax, best_trial, best)
     ax.axhline(HALF_POWER, color="grey", lw=0.8, ls="-.")
     ax.annotate("-3 dB", (1.0, HALF_POWER), xycoords=("axes fraction", "data"),
-                xytext=(-4, 3), textcoords="offset points", ha="right", fontsize="small",
+                xytext=(-4, -11), textcoords="offset points", ha="right", fontsize="small",
                 color="grey")  # fmt: skip
     ax.set_xscale("log")
     ax.set_yscale("log")
