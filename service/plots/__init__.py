@@ -36,7 +36,7 @@ from typing import Any
 
 from optuna.trial import FrozenTrial
 
-from service.plots.common import DRAWING, StudyData
+from service.plots.common import DRAWING, MessageFigure, StudyData, nothing_yet
 from service.plots.curves import plot_curves, plot_flips, plot_layer_flips
 from service.plots.filters import plot_filter
 from service.plots.optuna_views import optuna_figure_bytes, plot_importance, plot_pareto
@@ -84,4 +84,9 @@ def render_plot(
     data = StudyData(spec=spec, trials=trials, status=status, error=error)
     with DRAWING:
         figure = _DRAW[kind](data, trial=trial, compare=compare)
+        if status == "failed" and not isinstance(figure, MessageFigure):
+            # what was drawn came before the failure: say so above (or under) the picture
+            fig = getattr(figure, "fig", figure)
+            place = fig.supxlabel if fig.get_suptitle() else fig.suptitle
+            place(nothing_yet(data), color="C3", fontsize="medium")
         return optuna_figure_bytes(figure, fmt)

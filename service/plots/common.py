@@ -34,6 +34,7 @@ __all__ = [
     "LEGEND_MAX",
     "new_figure",
     "figure_bytes",
+    "MessageFigure",
     "message_figure",
     "nothing_yet",
     "shorten",
@@ -83,9 +84,13 @@ def figure_bytes(fig: Figure, fmt: str) -> bytes:
     return buffer.getvalue()
 
 
+class MessageFigure(Figure):
+    """A figure that only says why there is nothing to draw."""
+
+
 def message_figure(title: str, message: str) -> Figure:
     """A figure that only says ``message`` (the "nothing to draw" answer of every kind)."""
-    fig = new_figure(7.0, 3.0)
+    fig = MessageFigure(figsize=(7.0, 3.0), layout="constrained")
     ax = fig.add_subplot()
     ax.set_axis_off()
     ax.set_title(title)

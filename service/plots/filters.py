@@ -125,7 +125,7 @@ def plot_filter(data: StudyData, compare: StudyData | None = None, **_: Any) -> 
     vs = f" vs {compare.name}" if compare is not None else ""
     heading = f"{data.name}{vs}: gradient filters of the best trials{equivalent}"
     ax.set_title(textwrap.fill(heading, 100), fontsize="medium")
-    fig.legend(fontsize="small", loc="outside lower center", ncols=2)
+    fig.legend(fontsize="small", loc="outside lower center", ncols=3 - len(data.objectives))
     if compare is not None and not others:
         fig.text(0.01, 0.01, f"{compare.name}: {_missing_message(compare)}", fontsize="small")
     return fig

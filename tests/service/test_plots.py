@@ -306,3 +306,16 @@ def test_optuna_plots_leave_no_style_behind_and_threads_get_the_same_picture() -
         ]
         outputs = [job.result() for job in jobs]
     assert outputs[1] == alone and outputs[3] == alone
+
+
+def test_a_failed_study_with_results_draws_them_and_says_it_failed() -> None:
+    spec = make_spec("filter")
+    study = optuna.create_study(directions=spec.directions)
+    fill_study(study, spec, n_trials=4, n_epochs=2)
+    error = "all 24 trials failed; first: FileNotFoundError: cifar10 not found"
+    for kind in ("curves", "params", "pareto", "filter"):
+        text = svg_text(
+            render_plot(kind, spec, study.get_trials(), "svg", status="failed", error=error)
+        )
+        assert f"study failed: {error}" in text, kind
+        assert "completed trials" in text or "per epoch" in text or "best trials" in text, kind
