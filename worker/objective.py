@@ -34,9 +34,11 @@ import optuna
 from optuna.trial import BaseTrial
 
 from bnn_core.config import FAMILY_DEFAULTS, OptimizerConfig, Schedule, TrainConfig
+from bnn_core.data import split_indices
 from bnn_core.filters import (
     MAX_RATE_WITH_CUTOFF,
     cutoff_to_rate,
+    filter_summary,
     order_is_symmetric,
     rate_to_cutoff,
 )
@@ -57,6 +59,8 @@ __all__ = [
     "suggest_params",
     "build_optimizer_config",
     "derived_rates",
+    "steps_per_epoch",
+    "filter_attr",
     "build_train_config",
     "build_sampler",
     "build_pruner",
@@ -246,6 +250,29 @@ def build_train_config(
         compile=compile,
         max_train_samples=spec.max_train_samples,
         eval_protocol=spec.eval_protocol,
+    )
+
+
+def steps_per_epoch(config: TrainConfig, train_images: int) -> int:
+    """Optimizer steps per epoch of ``config`` on a training set of ``train_images`` images:
+    full batches of its eval_protocol's training split (``bnn_core.train.evaluation_split``),
+    at least one."""
+    if config.eval_protocol == "test":
+        n_train = min(train_images, config.max_train_samples or train_images)
+    else:
+        train_idx, _ = split_indices(
+            train_images, config.val_fraction, config.seed, config.max_train_samples
+        )
+        n_train = len(train_idx)
+    return max(1, n_train // config.batch_size)
+
+
+def filter_attr(config: TrainConfig, train_images: int) -> dict[str, Any] | None:
+    """The trial's filter view, stored as user attr ``filter``: ``bnn_core.filters.filter_summary``
+    of its optimizer at the first step (JSON-able, under 4 KB); None for a family without one
+    (latent Adam, latent SGD without weight decay)."""
+    return filter_summary(
+        config.optimizer, steps_per_epoch(config, train_images), epochs=config.epochs
     )
 
 

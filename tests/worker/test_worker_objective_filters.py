@@ -3,14 +3,22 @@ decoupled weight decay, eval_protocol, and the alpha <= gamma rule only where it
 
 from __future__ import annotations
 
+import json
+
 import optuna
 import pytest
 from optuna.trial import FixedTrial
 
 from bnn_core.config import Schedule
-from bnn_core.filters import cutoff_to_rate, order_is_symmetric, rate_to_cutoff
+from bnn_core.filters import cutoff_to_rate, filter_summary, order_is_symmetric, rate_to_cutoff
 from service.spec import parse_spec
-from worker.objective import InfeasibleParams, build_sampler, build_train_config
+from worker.objective import (
+    InfeasibleParams,
+    build_sampler,
+    build_train_config,
+    filter_attr,
+    steps_per_epoch,
+)
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -193,3 +201,38 @@ def test_eval_protocol_reaches_the_train_config(protocol: str) -> None:
     spec = _spec(eval_protocol=protocol, search_space={"gamma": 1e-3})
     assert build_train_config(spec, FixedTrial({})).eval_protocol == protocol
     assert _spec(search_space={"gamma": 1e-3}).eval_protocol == "holdout"
+
+
+# -- the filter view stored per trial --------------------------------------------------------
+
+
+@pytest.mark.parametrize(("protocol", "cap", "batch"), [("holdout", 300, 50), ("test", 300, 64)])
+def test_steps_per_epoch_is_what_the_trainer_steps(protocol: str, cap: int, batch: int) -> None:
+    from bnn_core.data import load_dataset
+    from bnn_core.train import train
+
+    spec = _spec(
+        eval_protocol=protocol,
+        search_space={"gamma": 1e-3},
+        max_train_samples=cap,
+        batch_size=batch,
+        epochs=1,
+    )
+    config = build_train_config(spec, FixedTrial({}))
+    seen: list[int] = []
+    train(config, on_setup=lambda model, pair: seen.append(pair.steps_per_epoch))
+    images = len(load_dataset("digits").y_train)
+    assert steps_per_epoch(config, images) == seen[0]
+
+
+@pytest.mark.parametrize("family", ["bop", "bop2", "filter", "latent-sgd", "latent-adam"])
+def test_filter_attr_is_the_json_filter_summary(family: str) -> None:
+    space = {"weight_decay": 1e-4} if family == "latent-sgd" else {"real_lr": 0.01}
+    config = build_train_config(_spec(optimizer=family, search_space=space), FixedTrial({}))
+    record = filter_attr(config, 1000)
+    if family == "latent-adam":
+        assert record is None
+        return
+    assert record == filter_summary(config.optimizer, steps_per_epoch(config, 1000), epochs=10)
+    assert record["family"] == family and record["steps_per_epoch"] == 9
+    assert len(json.dumps(record)) < 4096
