@@ -46,7 +46,13 @@ from service.plots.common import (  # noqa: E402
 )
 from service.vocabulary import OBJECTIVE_DIRECTIONS  # noqa: E402
 
-__all__ = ["plot_importance", "plot_pareto", "optuna_figure_bytes", "MIN_IMPORTANCE_TRIALS"]
+__all__ = [
+    "plot_importance",
+    "plot_pareto",
+    "optuna_figure_bytes",
+    "in_memory_study",
+    "MIN_IMPORTANCE_TRIALS",
+]
 
 # Each request's in-memory copy would log "A new study created in memory" at INFO.
 logging.getLogger("optuna.storages._in_memory").setLevel(logging.WARNING)
@@ -54,7 +60,7 @@ logging.getLogger("optuna.storages._in_memory").setLevel(logging.WARNING)
 MIN_IMPORTANCE_TRIALS = 2  # Optuna's evaluators need two completed trials to compare
 
 
-def _in_memory_study(
+def in_memory_study(
     data: StudyData, trials: list[FrozenTrial], all_minimized: bool = False
 ) -> optuna.Study:
     """The completed ``trials`` in an in-memory study. ``all_minimized``: maximized objectives
@@ -90,7 +96,7 @@ class _OptunaFigure:
     def __init__(self, draw: Any, study: optuna.Study) -> None:
         with DRAWING, matplotlib.rc_context(), warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            # true here: the copy minimizes every objective (see _in_memory_study)
+            # true here: the copy minimizes every objective (see in_memory_study)
             warnings.filterwarnings("ignore", message=".* to achieve low `target` values")
             axes = draw(study)
             self.ax = axes.flat[0] if hasattr(axes, "flat") else axes
@@ -117,7 +123,7 @@ def plot_importance(data: StudyData, **_: Any) -> Any:
         return message_figure(title, "parameter importances need at least 2 completed trials")
     if not any(t.distributions for t in done):
         return message_figure(title, "no sampled parameters: every value is fixed in the spec")
-    study = _in_memory_study(data, done, all_minimized=True)
+    study = in_memory_study(data, done, all_minimized=True)
     figure = _OptunaFigure(plot_param_importances, study)
     figure.ax.set_title(f"{title} (PED-ANOVA, {len(done)} completed trials)", loc="left")
     figure.fig.set_size_inches(8, 1.8 + 0.45 * len(figure.ax.get_yticks()) * len(data.objectives))
@@ -140,7 +146,7 @@ def plot_pareto(data: StudyData, **_: Any) -> Any:
     def draw(study: optuna.Study) -> Any:
         return plot_pareto_front(study, target_names=data.objectives)
 
-    figure = _OptunaFigure(draw, _in_memory_study(data, done))
+    figure = _OptunaFigure(draw, in_memory_study(data, done))
     ax = figure.ax
     directions = ", ".join(f"{o} {OBJECTIVE_DIRECTIONS[o]}d" for o in data.objectives)
     ax.set_title(f"{title} of {len(done)} completed trials\n({directions})")

@@ -19,13 +19,17 @@ from typing import Any
 import matplotlib
 import optuna
 import pytest
-from optuna.trial import TrialState
+from optuna.distributions import FloatDistribution
+from optuna.samplers import RandomSampler
+from optuna.trial import TrialState, create_trial
 
 from bnn_core.config import OptimizerConfig, Schedule
 from bnn_core.filters import filter_summary
 from service.db import make_engine, session_scope
 from service.lifecycle import transition
-from service.plots import PLOT_KINDS, render_plot
+from service.plots import PLOT_KINDS, StudyData, render_plot
+from service.plots.optuna_views import in_memory_study
+from service.plots.params import plot_params
 from service.spec import SPEC_EXAMPLES, ChoiceSpec, RangeSpec, StudySpec
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -319,3 +323,48 @@ def test_a_failed_study_with_results_draws_them_and_says_it_failed() -> None:
         )
         assert f"study failed: {error}" in text, kind
         assert "completed trials" in text or "per epoch" in text or "best trials" in text, kind
+
+
+def test_include_zero_trials_sit_in_the_zero_strip_and_the_axis_stays_log() -> None:
+    """bop2's threshold: trials with threshold_is_zero=True are drawn at "0" beside a log axis
+    that holds exactly the others (nothing squashed to 0, no trial lost)."""
+    spec = make_spec("bop2")
+    study = optuna.create_study(directions=spec.directions, sampler=RandomSampler(seed=1))
+    fill_study(study, spec, n_trials=30, n_epochs=1)
+    done = [t for t in study.get_trials() if t.state == TrialState.COMPLETE]
+    zeros = [t for t in done if t.params["threshold_is_zero"]]
+    others = sorted(t.params["threshold"] for t in done if not t.params["threshold_is_zero"])
+    assert zeros and others  # the seed gives both kinds
+    fig = plot_params(StudyData(spec, study.get_trials()))
+    strip = next(ax for ax in fig.axes if [t.get_text() for t in ax.get_xticklabels()] == ["0"])
+    main = next(ax for ax in fig.axes if ax.get_xlabel() == "threshold (0 at left)")
+    assert main.get_xscale() == "log" and strip.get_shared_y_axes().joined(strip, main)
+    # first collection: the points (the red ring of the best trial comes after)
+    assert len(strip.collections[0].get_offsets()) == len(zeros)
+    xs = sorted(float(x) for x, _ in main.collections[0].get_offsets())
+    assert xs == pytest.approx(others)
+    low, high = main.get_xlim()
+    assert low < 1e-9 and high > 1e-4  # the whole searched range of the log axis
+
+
+@pytest.mark.filterwarnings("ignore:.*to achieve low `target` values")
+def test_importance_of_a_maximized_objective_ranks_what_makes_trials_good() -> None:
+    """PED-ANOVA ranks the parameters of the best trials. Accuracy is high only near a = 0.5
+    and falls with b elsewhere, so for the top trials a matters; read as "low is good" (the
+    evaluator's default for each objective of a two-objective study) b would."""
+    spec = make_spec("filter")
+    rng = random.Random(0)
+    dists = {"a": FloatDistribution(0, 1), "b": FloatDistribution(0, 1)}
+    trials = []
+    for _ in range(300):
+        a, b = rng.random(), rng.random()
+        accuracy = 0.95 if abs(a - 0.5) < 0.05 else 0.2 + 0.5 * b
+        trials.append(
+            create_trial(params={"a": a, "b": b}, distributions=dists, values=[accuracy, 0.1])
+        )
+    copy = in_memory_study(StudyData(spec, trials), trials, all_minimized=True)
+    importances = optuna.importance.get_param_importances(copy, target=lambda t: t.values[0])
+    assert importances["a"] > importances["b"]
+    naive = in_memory_study(StudyData(spec, trials), trials)
+    wrong = optuna.importance.get_param_importances(naive, target=lambda t: t.values[0])
+    assert wrong["b"] > wrong["a"]
