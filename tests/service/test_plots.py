@@ -24,10 +24,11 @@ from optuna.samplers import RandomSampler
 from optuna.trial import TrialState, create_trial
 
 from bnn_core.config import OptimizerConfig, Schedule
-from bnn_core.filters import filter_summary
+from bnn_core.filters import filter_summary, rate_to_cutoff
 from service.db import make_engine, session_scope
 from service.lifecycle import transition
 from service.plots import PLOT_KINDS, StudyData, render_plot
+from service.plots.filters import plot_filter
 from service.plots.optuna_views import in_memory_study
 from service.plots.params import plot_params
 from service.spec import SPEC_EXAMPLES, ChoiceSpec, RangeSpec, StudySpec
@@ -368,3 +369,29 @@ def test_importance_of_a_maximized_objective_ranks_what_makes_trials_good() -> N
     naive = in_memory_study(StudyData(spec, trials), trials)
     wrong = optuna.importance.get_param_importances(naive, target=lambda t: t.values[0])
     assert wrong["b"] > wrong["a"]
+
+
+def test_filter_view_marks_each_best_trials_cutoff_and_labels_the_pass_band() -> None:
+    """Bop's filter is one EMA of rate gamma: its cutoff (the closed form of
+    ``rate_to_cutoff``) must be where the plot marks it, and the pass band label must give
+    the cutoff's period in steps and in epochs of STEPS_PER_EPOCH steps."""
+    spec = make_spec("bop")
+    study = optuna.create_study(directions=spec.directions, sampler=RandomSampler(seed=2))
+    fill_study(study, spec, n_trials=12, n_epochs=1)
+    fig = plot_filter(StudyData(spec, study.get_trials()))
+    ax = fig.axes[0]
+    best = sorted(
+        (t for t in study.get_trials() if t.state == TrialState.COMPLETE),
+        key=lambda t: -t.values[0],
+    )[:5]
+    expected = sorted(rate_to_cutoff(t.params["gamma"]) for t in best)
+    vertical = sorted(
+        float(line.get_xdata()[0])
+        for line in ax.lines
+        if len(line.get_xdata()) == 2 and line.get_xdata()[0] == line.get_xdata()[1]
+    )
+    assert vertical == pytest.approx(expected, rel=1e-5)  # stored with 6 digits
+    period = 1.0 / rate_to_cutoff(best[0].params["gamma"])
+    band = next(t.get_text() for t in ax.texts if t.get_text().startswith("pass band"))
+    assert f"#{best[0].number}" in band and f"{period:.3g} steps" in band
+    assert f"{period / STEPS_PER_EPOCH:.3g} epochs" in band
