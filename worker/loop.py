@@ -227,10 +227,11 @@ class Worker:
             return False
         self.registration.set("training", ctx.id)
         try:
-            if stacking_slots(ctx.spec, run.device, self.settings.stack_on_cpu) > 1:
-                run_stacked(run, trial, ctx.id)
-            else:
-                run.run_solo(trial)
+            with run.watching():  # a stop reaches the running trial(s) within seconds
+                if stacking_slots(ctx.spec, run.device, self.settings.stack_on_cpu) > 1:
+                    run_stacked(run, trial, ctx.id)
+                else:
+                    run.run_solo(trial)
         finally:
             self.registration.set("idle", None)
         return True

@@ -20,7 +20,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,7 +29,7 @@ import optuna
 
 from bnn_core.config import TrainConfig
 from service.lifecycle import Lifecycle, StudyContext, is_connectivity_error, timed_out
-from worker.control import Heartbeat
+from worker.control import Heartbeat, Repeater
 from worker.datasets import DataSets
 from worker.objective import build_sampler, claim_seed
 from worker.settings import WorkerSettings, use_compile
@@ -46,7 +47,7 @@ __all__ = ["STUDY_TIMED_OUT", "WorkerStats", "StudyRun"]
 
 logger = logging.getLogger(__name__)
 
-STATUS_CHECK_S = 1.0  # at most one status query per second per running trial
+STATUS_CHECK_S = 1.0  # the status watch reads the study's status once a second
 STUDY_TIMED_OUT = "study timed out"  # timeout_s passed: running trials end at their next epoch
 
 
@@ -85,6 +86,7 @@ class StudyRun:
         self.datasets = datasets
         self.train_fn = train_fn
         self._status: tuple[float, str, Any] = (0.0, "running", None)
+        self._watch: Repeater | None = None
 
     # -- claiming -------------------------------------------------------------------------
 
@@ -126,10 +128,35 @@ class StudyRun:
 
     # -- running --------------------------------------------------------------------------
 
+    @contextmanager
+    def watching(self) -> Iterator[None]:
+        """While training: a thread reads the study's status every :data:`STATUS_CHECK_S`
+        (:meth:`refresh_status`), so :meth:`should_stop`, which training polls every
+        ``stop_check_steps`` steps, only reads memory -- a stop reaches a running trial within
+        about a second plus those steps, never at the end of its epoch."""
+        self._watch = Repeater(self.refresh_status, STATUS_CHECK_S, f"status-{self.ctx.id}")
+        self._watch.start()
+        try:
+            yield
+        finally:
+            self._watch.stop()
+            self._watch = None
+
+    def refresh_status(self) -> None:
+        """Read the study's status and start (a lost connection keeps the last one read)."""
+        try:
+            status, started = self.lifecycle.status_and_start(self.ctx.id)
+        except Exception as exc:
+            if not is_connectivity_error(exc):
+                raise
+            return
+        self._status = (time.monotonic(), status, started)
+
     def should_stop(self) -> str | None:
-        """Checked after every epoch: SIGTERM, then the study's status and timeout (throttled).
-        SIGTERM in a stopping study ends the trial as stopped (no retry: the study is not
-        resumed)."""
+        """Polled every ``stop_check_steps`` steps and after every epoch: SIGTERM, then the
+        study's status (read by :meth:`watching`'s thread; without it, at most once a second
+        here) and timeout. SIGTERM in a stopping study ends the trial as stopped (no retry;
+        a resume grows the budget instead)."""
         if self.stop.is_set():
             try:
                 status, _ = self.lifecycle.status_and_start(self.ctx.id)
@@ -140,7 +167,7 @@ class StudyRun:
             return STUDY_STOPPED if status in ("stopping", "stopped") else WORKER_TERMINATED
         now = time.monotonic()
         checked, status, started = self._status
-        if now - checked >= STATUS_CHECK_S:
+        if self._watch is None and now - checked >= STATUS_CHECK_S:
             try:
                 status, started = self.lifecycle.status_and_start(self.ctx.id)
             except Exception as exc:
@@ -196,7 +223,6 @@ class StudyRun:
 
     def run_solo(self, trial: optuna.Trial) -> None:
         """Train one trial, with its heartbeat running until the outcome is told."""
-        self._status = (0.0, "running", None)
         with self.heartbeat(trial):
             outcome = train_trial(
                 self.spec,
@@ -212,8 +238,10 @@ class StudyRun:
         return self.datasets.load(self.spec.dataset, self.spec.data_subdir)
 
     def _train_cached(self, config: TrainConfig, on_epoch_end: Any = None) -> Any:
-        """``bnn_core.train.train`` on the cached data set (errors fail the trial)."""
+        """``bnn_core.train.train`` on the cached data set (errors fail the trial), polling the
+        recorder's ``should_stop`` every ``stop_check_steps`` steps."""
         from bnn_core.train import train
 
         dataset = self.datasets.load(config.dataset, config.data_subdir)
-        return train(config, on_epoch_end, dataset=dataset)
+        should_stop = getattr(on_epoch_end, "should_stop", None)
+        return train(config, on_epoch_end, should_stop, dataset=dataset)

@@ -5,10 +5,11 @@ Outcomes (what the trial looks like in Optuna and the dashboard):
 * trained to the end -> COMPLETE with ``values`` = final val_accuracy (+ ``flip_ratio`` of the
   last epoch or wall ``time`` in seconds when the spec has a second objective);
 * ``trial.should_prune()`` -> PRUNED (Optuna takes the last reported val_accuracy);
-* the study is ``stopping`` -> PRUNED after the current epoch, user attr
+* the study is ``stopping`` -> PRUNED within ``stop_check_steps`` steps of the worker seeing
+  it (its status is read once a second), the unfinished epoch dropped, user attr
   ``stop_reason = "study stopped"`` (PRUNED keeps its learning curve visible and usable by the
-  sampler; a stopped study is not resumed, so nothing is retried);
-* the study's ``timeout_s`` passed -> PRUNED after the current epoch, user attr
+  sampler; nothing is retried: a resume grows the budget instead);
+* the study's ``timeout_s`` passed -> PRUNED the same way, user attr
   ``stop_reason = "study timed out"``;
 * the worker got SIGTERM -> FAIL after the current epoch with ``error = "worker terminated"``,
   and a WAITING retry is enqueued exactly like a heartbeat-stale trial (same
@@ -16,6 +17,9 @@ Outcomes (what the trial looks like in Optuna and the dashboard):
 * any exception in training (divergence/NaN, CUDA OOM, ``ConfigError``,
   anything else) -> FAIL with ``error = "<Type>: <message>"``; the worker goes on;
 * sampled values that violate a constraint (filter alpha > gamma) -> PRUNED without training.
+
+Final user attrs, numbers optuna-dashboard can sort and plot: ``flip_ratio`` (of the last
+epoch), ``epochs_run``, ``seconds`` (wall time), ``worker`` (its id; also ``worker_id``).
 
 Every database write of a trial is retried while the database is briefly unreachable
 (:func:`retry_db`), so an outage of a few seconds does not lose an epoch or the final tell.
@@ -169,6 +173,7 @@ def prepare_trial(
     """Sample the trial's config and record ``train_config``, ``worker_id`` and ``device``.
     Raises :class:`InfeasibleParams` or ``ConfigError`` for configs that cannot train."""
     _set_attr(trial, "worker_id", worker_id)
+    _set_attr(trial, "worker", worker_id)
     _set_attr(trial, "device", device)
     config = retry_db(
         lambda: build_train_config(
@@ -214,8 +219,11 @@ def train_trial(
     try:
         config = config_factory()
         if train_fn is None:
-            from bnn_core.train import train as train_fn
-        result = train_fn(config, on_epoch_end=recorder)
+            from bnn_core.train import train
+
+            result = train(config, on_epoch_end=recorder, should_stop=recorder.should_stop)
+        else:
+            result = train_fn(config, on_epoch_end=recorder)
         outcome = outcome_of(spec, recorder, result, time.perf_counter() - started)
     except InfeasibleParams as exc:
         outcome = TrialOutcome(TrialState.PRUNED, error=str(exc), stop_reason="infeasible")
@@ -254,6 +262,10 @@ def tell_outcome(
     another worker after a long database outage)."""
     try:
         _set_attr(trial, "seconds", round(outcome.seconds, 3))
+        _set_attr(trial, "epochs_run", len(outcome.epochs))
+        flip_ratio = outcome.epochs[-1].get("flip_ratio") if outcome.epochs else None
+        if isinstance(flip_ratio, int | float) and math.isfinite(flip_ratio):
+            _set_attr(trial, "flip_ratio", float(flip_ratio))
         if outcome.error is not None:
             _set_attr(trial, "error", outcome.error)
         if outcome.stop_reason is not None:
