@@ -108,6 +108,18 @@ class PrunerSpec(_Strict):
     reduction_factor: bounded_int(2, limits.MAX_REDUCTION_FACTOR) = 3  # type: ignore[valid-type]
 
 
+class WarmStartSpec(_Strict):
+    """A finished study of the same family (its name, or its id as an integer) whose COMPLETE
+    trials inform this study's sampler without using this study's budget. The service checks
+    that it exists, is finished and shares family and search space (422 naming
+    ``warm_start.study`` otherwise)."""
+
+    study: (
+        name_str(limits.MAX_NAME_CHARS, r"^[a-z0-9][a-z0-9_-]{0,62}$")  # type: ignore[valid-type]
+        | bounded_int(1, limits.INT32_MAX)  # type: ignore[valid-type]
+    )
+
+
 class StudySpec(_Strict):
     """One tuning study (see the module docstring)."""
 
@@ -146,6 +158,9 @@ class StudySpec(_Strict):
         "trial starts and running ones end at their next epoch.",
     )
     sampler: SamplerSpec = Field(default_factory=SamplerSpec)
+    warm_start: WarmStartSpec | None = Field(
+        None, description="A finished study of the same family whose trials inform the sampler."
+    )
     pruner: PrunerSpec = Field(default_factory=PrunerSpec)
     objectives: list[ObjectiveName] = Field(
         default_factory=lambda: ["val_accuracy"], min_length=1, max_length=2
