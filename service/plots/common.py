@@ -40,6 +40,7 @@ __all__ = [
     "shorten",
     "TrialColours",
     "number",
+    "epoch_of",
     "epoch_series",
     "completed",
     "best_trials",
@@ -163,6 +164,12 @@ def number(value: Any) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def epoch_of(record: dict[str, Any], index: int) -> float:
+    """The record's ``epoch``, or its 1-based position when it has none."""
+    epoch = number(record.get("epoch"))
+    return float(index + 1) if epoch is None else epoch
+
+
 def epoch_series(trial: FrozenTrial, key: str) -> tuple[list[float], list[float]]:
     """``key`` per epoch from the trial's ``epochs`` user attr (finite values only); for
     ``val_accuracy`` the reported intermediate values when the trial has no epoch records."""
@@ -172,7 +179,7 @@ def epoch_series(trial: FrozenTrial, key: str) -> tuple[list[float], list[float]
         if isinstance(record, dict):
             value = number(record.get(key))
             if value is not None:
-                points.append((number(record.get("epoch")) or float(i + 1), value))
+                points.append((epoch_of(record, i), value))
     if not points and key == "val_accuracy":
         points = sorted(
             (float(step), float(v))

@@ -29,6 +29,7 @@ from service.plots.common import (
     StudyData,
     TrialColours,
     best_trial,
+    epoch_of,
     epoch_series,
     message_figure,
     new_figure,
@@ -132,7 +133,7 @@ def _layer_series(trial: FrozenTrial) -> dict[str, tuple[list[float], list[float
         per_layer = record.get("flip_ratio_per_layer") if isinstance(record, dict) else None
         if not isinstance(per_layer, dict):
             continue
-        epoch = number(record.get("epoch")) or float(i + 1)
+        epoch = epoch_of(record, i)
         for layer, ratio in per_layer.items():
             value = number(ratio)
             if value is not None:
