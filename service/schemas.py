@@ -43,6 +43,11 @@ class BestTrial(BaseModel):
     number: int
     values: list[float]
     params: dict[str, Any]
+    rates: dict[str, float] = Field(
+        default_factory=dict,
+        description="EMA rates derived from the cutoffs the trial sampled (params "
+        "'gamma_cutoff' -> rates 'gamma', cycles per step -> rate; user_attr 'rates').",
+    )
 
     @property
     def value(self) -> float:
@@ -93,6 +98,11 @@ class StudyPublic(StudySummary):
     optuna_study_name: str | None
     spec: dict[str, Any]
     directions: list[str]
+    eval_protocol: str = Field(
+        "holdout",
+        description="Where 'val' is measured: 'holdout' (a held-out part of the training set) "
+        "or 'test' (REPRODUCTION MODE: 'val' is the test set; tuning on it is leakage).",
+    )
     error: str | None
     progress: Progress
     budget: Budget
@@ -129,6 +139,11 @@ class TrialPublic(BaseModel):
     error: str | None = None
     retry_of: int | None = Field(None, description="Trial number this one retries.")
     retry_history: list[int] = Field(default_factory=list)
+    rates: dict[str, float] = Field(
+        default_factory=dict,
+        description="EMA rates derived from the cutoffs the trial sampled (params "
+        "'gamma_cutoff' -> rates 'gamma', cycles per step -> rate; user_attr 'rates').",
+    )
     user_attrs: dict[str, Any] = Field(default_factory=dict)
 
 
