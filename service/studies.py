@@ -51,6 +51,7 @@ __all__ = [
     "trials_page",
     "budget",
     "trial_public",
+    "trial_rates",
     "spec_of",
 ]
 
@@ -401,7 +402,23 @@ def best_trials(trials: list[FrozenTrial], directions: list[str]) -> list[BestTr
         from optuna.study._multi_objective import _get_pareto_front_trials_by_trials
 
         front = _get_pareto_front_trials_by_trials(done, optuna_dirs)
-    return [BestTrial(number=t.number, values=list(t.values), params=t.params) for t in front]
+    return [
+        BestTrial(number=t.number, values=list(t.values), params=t.params, rates=trial_rates(t))
+        for t in front
+    ]
+
+
+def trial_rates(trial: FrozenTrial) -> dict[str, float]:
+    """The EMA rates the worker derived from the trial's sampled cutoffs (user attr
+    ``rates``, see ``worker.objective``); {} when it sampled rates directly."""
+    rates = trial.user_attrs.get("rates")
+    if not isinstance(rates, dict):
+        return {}
+    return {
+        str(name): float(value)
+        for name, value in rates.items()
+        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    }
 
 
 def trial_public(trial: FrozenTrial) -> TrialPublic:
@@ -426,5 +443,6 @@ def trial_public(trial: FrozenTrial) -> TrialPublic:
         error=str(error) if error is not None else None,
         retry_of=retry_of if isinstance(retry_of, int) else None,
         retry_history=[h for h in history if isinstance(h, int)],
+        rates=trial_rates(trial),
         user_attrs=user_attrs,
     )
