@@ -255,6 +255,7 @@ def _public(
         optuna_study_name=study.optuna_study_name,
         spec=study.spec,
         directions=spec.directions,
+        eval_protocol=spec.eval_protocol,
         error=study.error,
         progress=ops.trial_counts(session, optuna_id),
         budget=ops.budget(study),
