@@ -32,6 +32,7 @@ __all__ = [
     "is_terminal",
     "pareto_table",
     "progress_bar",
+    "shown_params",
     "studies_table",
     "study_summary",
     "workers_table",
@@ -46,6 +47,19 @@ def best_trials(trials: list[dict[str, Any]], top: int) -> list[dict[str, Any]]:
     """Completed trials by descending validation accuracy."""
     done = [t for t in trials if state_of(t) == "complete" and trial_value(t) is not None]
     return sorted(done, key=lambda t: -(trial_value(t) or 0.0))[:top]
+
+
+def shown_params(trial: dict[str, Any]) -> dict[str, Any]:
+    """The trial's parameters as sampled (:func:`plain_params`), each sampled cutoff preceded by
+    the EMA rate the worker derived from it (``gamma`` next to ``gamma_cutoff``)."""
+    rates = trial.get("rates") or (trial.get("user_attrs") or {}).get("rates") or {}
+    shown: dict[str, Any] = {}
+    for name, value in plain_params(trial.get("params") or {}).items():
+        rate = rates.get(name.removesuffix("_cutoff")) if name.endswith("_cutoff") else None
+        if isinstance(rate, int | float):
+            shown[name.removesuffix("_cutoff")] = rate
+        shown[name] = value
+    return shown
 
 
 def fmt(value: Any) -> str:
@@ -68,7 +82,7 @@ def format_table(rows: list[list[str]], header: list[str]) -> str:
 
 def _trials_table(trials: list[dict[str, Any]], value_names: list[str]) -> str:
     """Trials side by side: params, objective values, flip ratio, seconds."""
-    params = [plain_params(t.get("params") or {}) for t in trials]
+    params = [shown_params(t) for t in trials]
     names = sorted({name for p in params for name in p})
     header = ["trial", *names, *value_names, "flip_ratio", "seconds"]
     rows = []
@@ -154,6 +168,10 @@ def study_summary(study: dict[str, Any], trials: list[dict[str, Any]], top: int 
         f"study {study.get('id')} {study.get('name', '')!s}  [{study.get('status', '?')}]  {what}",
         f"trials  {progress_bar(finished_count(trials, total), total)}  {counts_text(counts)}",
     ]
+    if (study.get("eval_protocol") or spec.get("eval_protocol")) == "test":
+        lines.append(
+            "eval    test set (reproduction mode: 'val' is the test set; do not tune on it)"
+        )
     if study.get("error"):  # e.g. a failed study: "all 8 trials failed; first error: ..."
         lines.append(f"error   {study['error']}")
     if study.get("waiting_reason"):  # e.g. "no live worker can train on cuda (...)"
@@ -168,7 +186,7 @@ def study_summary(study: dict[str, Any], trials: list[dict[str, Any]], top: int 
         lines.append(
             f"best    trial {best[0].get('number')}: val_accuracy {fmt(trial_value(best[0]))}"
         )
-        shown = plain_params(best[0].get("params") or {})
+        shown = shown_params(best[0])
         lines += [f"        {k} = {fmt(v)}" for k, v in shown.items()]
         lines += ["", comparison_table(trials, top)]
     return "\n".join(lines)
