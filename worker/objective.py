@@ -270,10 +270,16 @@ def steps_per_epoch(config: TrainConfig, train_images: int) -> int:
 def filter_attr(config: TrainConfig, train_images: int) -> dict[str, Any] | None:
     """The trial's filter view, stored as user attr ``filter``: ``bnn_core.filters.filter_summary``
     of its optimizer at the first step (JSON-able, under 4 KB); None for a family without one
-    (latent Adam, latent SGD without weight decay)."""
-    return filter_summary(
-        config.optimizer, steps_per_epoch(config, train_images), epochs=config.epochs
-    )
+    (latent Adam, latent SGD without weight decay) and for a latent SGD whose equivalent filter
+    does not exist (complex roots, ``lr * weight_decay`` outside (0, 1]: ``ValueError``)."""
+    try:
+        return filter_summary(
+            config.optimizer, steps_per_epoch(config, train_images), epochs=config.epochs
+        )
+    except ValueError:
+        if config.optimizer.name != "latent-sgd":
+            raise
+        return None
 
 
 def train_config_dict(config: TrainConfig) -> dict[str, Any]:
