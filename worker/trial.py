@@ -41,7 +41,12 @@ from optuna.trial import TrialState
 from bnn_core.config import EpochMetrics, TrainConfig, TrainResult
 from service.lifecycle import VOLATILE_ATTRS, db_error_text, is_connectivity_error
 from service.spec import StudySpec
-from worker.objective import InfeasibleParams, build_train_config, train_config_dict
+from worker.objective import (
+    InfeasibleParams,
+    build_train_config,
+    filter_attr,
+    train_config_dict,
+)
 
 __all__ = [
     "TrialOutcome",
@@ -169,8 +174,11 @@ def prepare_trial(
     data_root: str | None = None,
     download: bool = False,
     compile: bool = False,
+    train_images: int | None = None,
 ) -> TrainConfig:
-    """Sample the trial's config and record ``train_config``, ``worker_id`` and ``device``.
+    """Sample the trial's config and record ``train_config``, ``worker_id`` and ``device``, and
+    with ``train_images`` (the data set's training images) its filter view ``filter``
+    (:func:`worker.objective.filter_attr`; None for latent Adam).
     Raises :class:`InfeasibleParams` or ``ConfigError`` for configs that cannot train."""
     _set_attr(trial, "worker_id", worker_id)
     _set_attr(trial, "worker", worker_id)
@@ -182,6 +190,8 @@ def prepare_trial(
         "sample",
     )
     _set_attr(trial, "train_config", train_config_dict(config))
+    if train_images is not None:
+        _set_attr(trial, "filter", filter_attr(config, train_images))
     return config
 
 
