@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
+from optuna.trial import FrozenTrial
 
 from bnn_core.config import TrainConfig
 from service.lifecycle import Lifecycle, StudyContext, is_connectivity_error, timed_out
@@ -42,6 +43,7 @@ from worker.trial import (
     tell_outcome,
     train_trial,
 )
+from worker.warm_start import warm_sampler
 
 __all__ = ["STUDY_TIMED_OUT", "WorkerStats", "StudyRun"]
 
@@ -75,6 +77,7 @@ class StudyRun:
         stats: WorkerStats,
         datasets: DataSets,
         train_fn: Callable[..., Any] | None = None,
+        warm: list[FrozenTrial] | None = None,
     ) -> None:
         self.lifecycle = lifecycle
         self.ctx = ctx
@@ -85,6 +88,7 @@ class StudyRun:
         self.stats = stats
         self.datasets = datasets
         self.train_fn = train_fn
+        self.warm = warm or []  # warm-start trials (worker.warm_start): every sampler sees them
         self._status: tuple[float, str, Any] = (0.0, "running", None)
         self._watch: Repeater | None = None
 
@@ -108,7 +112,8 @@ class StudyRun:
         seed = self.spec.sampler.seed
         if seed is None or self.spec.sampler.name == "qmc":  # QMC: trial number picks the point
             return self.ctx.study.sampler
-        return build_sampler(self.spec, seed=claim_seed(seed, index))
+        seed = claim_seed(seed, index)
+        return warm_sampler(self.spec, build_sampler(self.spec, seed=seed), self.warm, seed)
 
     def claim_next(self, in_flight: int) -> optuna.Trial | None:
         """Another trial while ``in_flight`` trials of this run are training; None when the
@@ -201,7 +206,16 @@ class StudyRun:
             data_root=self.datasets.root,
             download=self.settings.download,
             compile=use_compile(self.settings.compile, self.device, stacked=stacked),
+            train_images=self._train_images(),
         )
+
+    def _train_images(self) -> int | None:
+        """The data set's training images (for the trial's filter view); None when it cannot
+        be loaded here, in which case training records why on the trial."""
+        try:
+            return len(self.load_data().y_train)
+        except Exception:  # noqa: BLE001 - the trial's own load reports the error
+            return None
 
     def finish(self, trial: optuna.Trial, outcome: TrialOutcome) -> None:
         """Tell Optuna the outcome (a retry enqueued when asked), then count and log it."""
