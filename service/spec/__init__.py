@@ -8,11 +8,13 @@ Contract:
 * New specs: :func:`parse_spec` (data) / :func:`load_spec` (files); both raise
   :class:`SpecError` whose ``errors`` name each field (``errors``).
 * Stored specs: only through :func:`stored_spec` (``io``).
-* The search space (fixed / range / choices / schedule per parameter) is :mod:`.params`.
+* The search space (fixed / range / choices / schedule per parameter) is :mod:`.params`; EMA
+  rates given as cutoff frequencies are :mod:`.cutoffs`.
 * The example specs are ``examples/*.yaml`` (``examples``); ``SPEC_EXAMPLES`` maps each family
   to its first example file.
 
-Modules: ``fields`` (bounded strings and numbers), ``params`` (search space), ``study``
+Modules: ``fields`` (bounded strings and numbers), ``params`` (search space), ``cutoffs``
+(rate <-> cutoff for the spec's checks), ``study``
 (StudySpec and its cross-field checks), ``errors`` (error shape), ``examples``, ``io``.
 """
 

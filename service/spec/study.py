@@ -134,7 +134,11 @@ class StudySpec(_Strict):
     owner: name_str(limits.MAX_OWNER_CHARS) | None = None  # type: ignore[valid-type]
     optimizer: OptimizerFamily
     search_space: dict[str, ParamSpec] | None = Field(
-        None, description="Parameter -> fixed | range | choices. None: the family's default."
+        None,
+        description="Parameter -> fixed | range | choices (a <name>_schedule: a kind, a "
+        "schedule object or kind choices). An EMA rate (gamma, sigma, alpha) may be given as "
+        "<name>_cutoff instead, its -3 dB cutoff in cycles per step, in (0, 0.5]; never both. "
+        "None: the family's default.",
     )
     model: ModelName = "mlp"
     dataset: DatasetName = "digits"
