@@ -81,7 +81,8 @@ def new_figure(width: float = 8.0, height: float = 5.0) -> Figure:
 def figure_bytes(fig: Figure, fmt: str) -> bytes:
     buffer = io.BytesIO()
     with matplotlib.rc_context({"svg.fonttype": "none"}):
-        fig.savefig(buffer, format=fmt, dpi=100)
+        # "tight" grows the canvas to every artist, so a wide legend outside the axes is never cut.
+        fig.savefig(buffer, format=fmt, dpi=100, bbox_inches="tight")
     return buffer.getvalue()
 
 
