@@ -30,6 +30,7 @@ from optuna.trial import FrozenTrial
 
 from bnn_core.config import TrainConfig
 from service.lifecycle import Lifecycle, StudyContext, is_connectivity_error, timed_out
+from worker import metrics
 from worker.control import Heartbeat, Repeater
 from worker.datasets import DataSets
 from worker.objective import build_sampler, claim_seed
@@ -224,6 +225,7 @@ class StudyRun:
 
     def record(self, trial: optuna.Trial, outcome: TrialOutcome) -> None:
         state = outcome.state.name
+        metrics.trial_finished(state)
         self.stats.trials += 1
         self.stats.by_state[state] = self.stats.by_state.get(state, 0) + 1
         logger.info(
