@@ -41,6 +41,7 @@ from optuna.trial import TrialState
 from bnn_core.config import EpochMetrics, TrainConfig, TrainResult
 from service.lifecycle import VOLATILE_ATTRS, db_error_text, is_connectivity_error
 from service.spec import StudySpec
+from worker import metrics as worker_metrics
 from worker.objective import (
     InfeasibleParams,
     build_train_config,
@@ -131,6 +132,7 @@ class EpochRecorder:
         self.can_prune = not isinstance(trial.study.pruner, optuna.pruners.NopPruner)
 
     def __call__(self, metrics: EpochMetrics) -> bool:
+        worker_metrics.epoch_ended(metrics.seconds)
         self.last = metrics
         self.epochs.append(epoch_record(metrics))
         _set_attr(self.trial, "epochs", self.epochs)
