@@ -32,7 +32,7 @@ from service.lifecycle.tables import optuna_trials as _o_trials
 from service.lifecycle.tables import optuna_values as _o_values
 from service.models import Study
 from service.schemas import BestTrial, Budget, Progress, TrialPublic
-from service.spec import StudySpec, stored_spec
+from service.spec import ChoiceSpec, RangeSpec, StudySpec, stored_spec
 
 __all__ = [
     "make_optuna_storage",
@@ -89,6 +89,14 @@ def create_study(
         raise ConflictError(
             f"a study named {spec.name!r} already exists (id {study_id}, {status}){hint}"
         )
+    if spec.warm_start is not None:
+        spec = spec.model_copy(
+            update={
+                "warm_start": spec.warm_start.model_copy(
+                    update={"study": warm_start_source(session, spec).id}
+                )
+            }
+        )
     study = Study(
         name=spec.name,
         spec=spec.model_dump(mode="json"),
@@ -112,6 +120,56 @@ def create_study(
         session.commit()
         raise
     return study
+
+
+WARM_START_SAMPLERS = ("tpe", "cmaes")  # the samplers that learn from earlier trials
+
+
+def warm_start_source(session: Session, spec: StudySpec) -> Study:
+    """The study ``spec.warm_start`` names (a name or an id), checked: it exists, is finished
+    (completed or stopped) with COMPLETE trials, has the same family, objectives and sampled
+    parameters, and ``spec``'s sampler learns from history; else a 422 naming
+    ``warm_start.study`` (or ``sampler.name``). Stored specs name it by id (never reused)."""
+    assert spec.warm_start is not None
+    ref = spec.warm_start.study
+
+    def refuse(message: str, field: str = "warm_start.study") -> InvalidSpecError:
+        return InvalidSpecError([{"field": field, "message": message, "type": "value_error"}])
+
+    if spec.sampler.name not in WARM_START_SAMPLERS:
+        raise refuse(
+            f"sampler {spec.sampler.name!r} does not learn from earlier trials; warm start "
+            f"needs one of {', '.join(WARM_START_SAMPLERS)}",
+            "sampler.name",
+        )
+    where = Study.id == ref if isinstance(ref, int) else Study.name == ref
+    source = session.scalars(select(Study).where(where, Study.status != "deleted")).first()
+    if source is None:
+        raise refuse(f"no study {ref!r} to warm start from")
+    if source.status not in ("completed", "stopped"):
+        raise refuse(f"study {ref!r} is {source.status}; warm start needs a finished study")
+    try:
+        other = spec_of(source)
+    except ValueError as exc:
+        raise refuse(f"study {ref!r} has a spec that cannot be read: {exc}") from exc
+    if other.optimizer != spec.optimizer:
+        raise refuse(f"study {ref!r} tunes {other.optimizer}, not {spec.optimizer}")
+    if other.objectives != spec.objectives:
+        raise refuse(f"study {ref!r} has objectives {other.objectives}, not {spec.objectives}")
+    extra = sorted(_sampled(other) - _sampled(spec))
+    if extra:  # its trials would not fit this search space
+        raise refuse(f"study {ref!r} also samples {', '.join(extra)}, which this study does not")
+    counts = trial_counts(session, optuna_study_id(session, source))
+    if counts.n_complete == 0:
+        raise refuse(f"study {ref!r} has no COMPLETE trial")
+    return source
+
+
+def _sampled(spec: StudySpec) -> set[str]:
+    """The parameters a spec samples (ranges and choices, not fixed values)."""
+    return {
+        name for name, param in spec.space.items() if isinstance(param, RangeSpec | ChoiceSpec)
+    }
 
 
 def _create_optuna_study(storage: BaseStorage, study: Study, spec: StudySpec) -> None:

@@ -32,6 +32,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from optuna.trial import FrozenTrial
 from sqlalchemy import Engine
 
 from service.db import make_engine
@@ -56,14 +57,11 @@ from worker.settings import WorkerSettings, resolve_device
 from worker.stacked import run_stacked, stacking_slots
 from worker.study_run import StudyRun, WorkerStats
 from worker.trial import error_text
+from worker.warm_start import source_trials, warm_sampler
 
 __all__ = ["DatabaseNotReady", "Worker", "WorkerStats", "run_worker", "run_study"]
 
 logger = logging.getLogger(__name__)
-
-
-def _sampling(spec: StudySpec) -> tuple[Any, Any]:
-    return build_sampler(spec), build_pruner(spec)
 
 
 class Worker:
@@ -103,6 +101,7 @@ class Worker:
             settings.heartbeat_interval_s,
             lambda: self.stats.trials,
         )
+        self._warm: dict[str, list[FrozenTrial]] = {}  # study name -> warm-start trials
         self._skipped: set[int] = set()  # studies whose failure could not even be recorded
         self._logged: set[tuple[int, str]] = set()
 
@@ -200,7 +199,7 @@ class Worker:
 
     def serve(self, row: Study) -> bool:
         """Whatever study ``row`` needs of this worker; True when a trial ran."""
-        ctx = self.lifecycle.open(row, _sampling)
+        ctx = self.lifecycle.open(row, self._sampling)
         if ctx is None:
             return False
         if row.status == "stopping":
@@ -220,6 +219,7 @@ class Worker:
             stats=self.stats,
             datasets=self.datasets,
             train_fn=self.train_fn,
+            warm=self._warm.get(ctx.spec.name, []),
         )
         trial = run.claim()
         if trial is None:
@@ -235,6 +235,15 @@ class Worker:
         finally:
             self.registration.set("idle", None)
         return True
+
+    def _sampling(self, spec: StudySpec) -> tuple[Any, Any]:
+        """The spec's sampler (informed by its warm-start trials, loaded once) and pruner."""
+        if spec.name not in self._warm:
+            retries = spec.max_retries if spec.max_retries is not None else 0
+            storage = self.lifecycle.storage(retries)
+            self._warm[spec.name] = source_trials(self.engine, storage, spec)
+        warm = self._warm[spec.name]
+        return warm_sampler(spec, build_sampler(spec), warm, spec.sampler.seed), build_pruner(spec)
 
     def fail_study(self, row: Study, exc: BaseException) -> None:
         """The database refused the data of one study (a NUL byte, a constraint): the study
