@@ -11,6 +11,7 @@ database) and load only the trials they return with ``storage.get_trial``.
 from __future__ import annotations
 
 import math
+import warnings
 
 import optuna
 import yaml
@@ -184,7 +185,9 @@ def _create_optuna_study(storage: BaseStorage, study: Study, spec: StudySpec) ->
         for key, value in _dashboard_attrs(spec).items():  # optuna-dashboard lists user attrs
             storage.set_study_user_attr(optuna_id, key, value)
         optuna_study = optuna.Study(study.optuna_study_name, storage)
-        optuna_study.set_metric_names(list(spec.objectives))
+        with warnings.catch_warnings():  # experimental since Optuna 3.2, still the API
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna_study.set_metric_names(list(spec.objectives))
         save_note(optuna_study, spec_note(study.id, spec))
     except Exception:
         storage.delete_study(optuna_id)
