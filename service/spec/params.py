@@ -24,8 +24,9 @@ Semantics for the worker (names are Optuna parameter names):
 * fixed -> not sampled.
 
 EMA rates as cutoffs: ``gamma``/``sigma``/``alpha`` may be given as ``<name>_cutoff`` (cycles
-per step, in (0, 0.5]; fixed, range -- log scale welcome -- or choices), never both
-(:mod:`service.spec.cutoffs`). The worker samples the cutoff and derives the rate.
+per step, in (0, 0.5]; fixed, range or choices), never both (:mod:`service.spec.cutoffs`). A
+cutoff range without ``log`` (and without ``step``) is sampled on a log scale. The worker
+samples the cutoff and derives the rate.
 
 Schedules: ``<h>_schedule`` for every hyperparameter ``h`` the family's optimizer schedules
 (:data:`FAMILY_PARAMS`): a kind string, a :class:`ScheduleSpec` (staircase ``factor`` every
@@ -313,6 +314,9 @@ def check_param(name: str, param: Any, sampler: str) -> Any:
         _check_number(name, param.high, f"{field}.high")
         if sampler == "grid" and param.step is None:
             raise fail(field, "the grid sampler needs choices or a range with step")
+        if name in CUTOFF_PARAMS and "log" not in param.model_fields_set and param.step is None:
+            # cutoffs span decades (periods of steps to epochs): log scale unless told otherwise
+            return param.model_copy(update={"log": True})
     else:
         _check_number(name, float(param), field)
     return param

@@ -101,3 +101,12 @@ def test_constant_alpha_cutoff_above_every_gamma_is_refused_in_rate_terms() -> N
         "alpha_schedule": "constant",
     }
     assert _spec("filter", overlapping).space["alpha_cutoff"].high == 0.1
+
+
+def test_a_cutoff_range_is_log_scaled_unless_it_says_otherwise() -> None:
+    assert _spec("bop", {"gamma_cutoff": {"low": 1e-6, "high": 1e-2}}).space["gamma_cutoff"].log
+    linear = {"gamma_cutoff": {"low": 1e-3, "high": 1e-2, "log": False}}
+    assert not _spec("bop", linear).space["gamma_cutoff"].log
+    stepped = {"gamma_cutoff": {"low": 1e-3, "high": 1e-2, "step": 1e-3}}
+    assert not _spec("bop", stepped).space["gamma_cutoff"].log
+    assert not _spec("bop", {"gamma": {"low": 1e-3, "high": 1e-2}}).space["gamma"].log
