@@ -124,3 +124,13 @@ def test_the_top_level_bop_example_is_the_section_5_1_protocol() -> None:
     assert spec.space["real_lr"] == centre.optimizer.real_lr
     assert spec.space["gamma"].low == 1e-4 and spec.space["gamma"].high == 1e-2
     assert spec.space["threshold"].include_zero and spec.space["threshold"].high == 1e-5
+
+
+@pytest.mark.parametrize("name", ["bop-5.1-gamma.yaml", "bop-5.1-tau.yaml", "bop2-cifar10.yaml"])
+def test_grid_specs_visit_each_point_once(name: str) -> None:
+    from worker.objective import grid_search_space
+
+    spec = load_spec(PAPER / name)
+    assert spec.sampler.name == "grid"
+    (values,) = grid_search_space(spec).values()
+    assert spec.n_trials == len(values)
