@@ -31,7 +31,7 @@ class WorkerSettings(Settings):
     data_root: str | None = Field(
         None,
         description="Folder holding one folder per data set (<root>/<dataset>, or the spec's "
-        "data_subdir); default ~/.cache/bnn_tune/data.",
+        "data_subdir); default ~/.cache/bnn-tune (bnn_core.data.DEFAULT_DATA_ROOT).",
     )
     download: bool = Field(False, description="Download missing data sets into data_root.")
     worker_max_trials: int | None = Field(None, ge=1, description="Exit after this many trials.")
