@@ -33,6 +33,10 @@ def test_quick_mode_runs_clean(postgres_url: str) -> None:  # noqa: ARG001 - ser
     assert cells[2] == "8"  # 4 workers x 2 trials, each told once
     assert cells[7:10] == ["0", "0", "0"]  # duplicates, zombies, overshoot
     assert int(cells[6]) >= 4  # every worker held at least one connection
+    # The claim and the tell were timed where the worker does them (not "nan": the benchmark
+    # follows the worker's code).
+    for latencies in (cells[4], cells[5]):
+        assert all(float(ms) > 0 for ms in latencies.split(" / ")), row
 
 
 def test_rejects_an_unknown_mode() -> None:
