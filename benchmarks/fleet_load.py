@@ -21,9 +21,9 @@ Modes: ``direct`` (every worker its own pools to PostgreSQL) and ``pgbouncer`` (
 through a PgBouncer in transaction pooling mode, ``default_pool_size`` server connections).
 PgBouncer before 1.21 cannot carry psycopg's automatic prepared statements across
 transactions; in that mode this script turns them off in the worker processes (in production
-use PgBouncer >= 1.21 with ``max_prepared_statements``, as deploy/k8s does). It also opens
-Optuna's storage with ``skip_compatibility_check=True`` (see :func:`_skip_optuna_schema_check`;
-``--keep-optuna-check`` shows the deadlock it avoids).
+use PgBouncer >= 1.21 with ``max_prepared_statements``, as deploy/k8s does). The workers open
+Optuna's storage as production does (``service.lifecycle.make_storage`` skips Optuna's per-open
+schema check, which deadlocks a pool smaller than a fleet starting at once).
 
 ``--private-postgres`` starts a throw-away PostgreSQL cluster (initdb, a free port,
 ``max_connections=2000``) so a large K cannot exhaust a shared server's connections. Without
@@ -125,30 +125,12 @@ def _no_prepared_statements() -> None:
     psycopg.connect = psycopg.Connection.connect  # the module-level alias SQLAlchemy calls
 
 
-def _skip_optuna_schema_check() -> None:
-    """``RDBStorage(...)`` checks Optuna's schema version inside an open transaction and asks
-    Alembic for the version on a second connection meanwhile. Behind a transaction pool smaller
-    than the number of workers starting at once, every server connection ends up held by a
-    first transaction waiting for a second one: PgBouncer deadlocks until query_wait_timeout.
-    The worker checks the schema itself before opening the storage, so the check can go."""
-    import optuna
-
-    original = optuna.storages.RDBStorage.__init__
-
-    def init(self: Any, *args: Any, **kwargs: Any) -> None:
-        kwargs["skip_compatibility_check"] = True
-        original(self, *args, **kwargs)
-
-    optuna.storages.RDBStorage.__init__ = init  # type: ignore[method-assign]
-
-
 def _worker_process(
     url: str,
     study_id: int,
     names: list[str],
     epochs: int,
     plain: bool,
-    skip_check: bool,
     go: Any,
     out: Any,
 ) -> None:
@@ -163,8 +145,6 @@ def _worker_process(
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     if plain:
         _no_prepared_statements()
-    if skip_check:
-        _skip_optuna_schema_check()
     claims: list[float] = []
     tells: list[float] = []
     told: list[int] = []
@@ -296,7 +276,6 @@ def run_once(args: argparse.Namespace, admin: str, mode: str, workers: int) -> R
                         group,
                         args.epochs,
                         mode == "pgbouncer",
-                        mode == "pgbouncer" and not args.keep_optuna_check,
                         go,
                         out,
                     ),
@@ -370,11 +349,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--processes", type=int, default=2, help="processes holding the workers")
     parser.add_argument("--pool-size", type=int, default=20, help="PgBouncer server connections")
-    parser.add_argument(
-        "--keep-optuna-check",
-        action="store_true",
-        help="pgbouncer mode: keep RDBStorage's schema check (deadlocks a small pool)",
-    )
     parser.add_argument("--time-limit", type=float, default=600, help="seconds per run")
     parser.add_argument("--postgres", default=DEFAULT_ADMIN, help="admin URL (throw-away DBs)")
     parser.add_argument("--private-postgres", action="store_true", help="start a private cluster")

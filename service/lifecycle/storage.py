@@ -40,14 +40,21 @@ def make_storage(
     ``bnn-tune migrate``). With ``max_retry``: heartbeat-aware, stale trials retried through
     :class:`CleanRetryCallback`."""
     kwargs = {**optuna_engine_kwargs(url), **(engine_kwargs or {})}
+    # Optuna's own schema check holds a transaction open on one connection while Alembic reads
+    # the version on a second one; a fleet starting at once behind a connection pooler smaller
+    # than the fleet then holds every server connection in that first transaction and waits
+    # forever. database_problem() makes the same check once per process instead.
     if max_retry is None:
-        return RDBStorage(url, engine_kwargs=kwargs, skip_table_creation=True)
+        return RDBStorage(
+            url, engine_kwargs=kwargs, skip_table_creation=True, skip_compatibility_check=True
+        )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         return RDBStorage(
             url,
             engine_kwargs=kwargs,
             skip_table_creation=True,
+            skip_compatibility_check=True,
             heartbeat_interval=heartbeat_interval_s,
             grace_period=grace_period_s,
             heartbeat_stale_trial_callback=CleanRetryCallback(max_retry=max_retry),
@@ -72,4 +79,26 @@ def database_problem(url: str, engine: Engine) -> str | None:
                 f"SQLite file {parsed.database} does not exist; run `bnn-tune migrate` or set "
                 "BNN_TUNE_DATABASE_URL / --database-url to the service's database"
             )
-    return check_migrated(engine)
+    return check_migrated(engine) or _optuna_schema_problem(url)
+
+
+def _optuna_schema_problem(url: str) -> str | None:
+    """None when Optuna's tables have the schema this Optuna version needs (the check
+    :func:`make_storage` skips), else what to do."""
+    storage = RDBStorage(
+        url,
+        engine_kwargs=optuna_engine_kwargs(url),
+        skip_table_creation=True,
+        skip_compatibility_check=True,
+    )
+    try:
+        current, head = storage.get_current_version(), storage.get_head_version()
+    finally:
+        storage.remove_session()
+        storage.engine.dispose()
+    if current != head:
+        return (
+            f"Optuna's tables are at schema {current}, this Optuna {optuna.__version__} needs "
+            f"{head}; run `bnn-tune migrate`"
+        )
+    return None

@@ -78,3 +78,23 @@ def test_app_does_not_migrate_at_startup(
     with engine.connect() as conn:
         assert inspect(conn).get_table_names() == []
     engine.dispose()
+
+
+def test_database_problem_reports_an_old_optuna_schema(fresh_sqlite_url: str) -> None:
+    """make_storage skips Optuna's per-open schema check, so database_problem must catch an
+    Optuna schema older than the installed Optuna (as Optuna's own check would)."""
+    from sqlalchemy import text
+
+    from service.db import make_engine
+    from service.lifecycle import database_problem
+
+    engine = make_engine(fresh_sqlite_url)
+    try:
+        assert database_problem(fresh_sqlite_url, engine) is None
+        with engine.begin() as connection:
+            connection.execute(text("UPDATE alembic_version SET version_num = 'v3.0.0.d'"))
+        problem = database_problem(fresh_sqlite_url, engine)
+    finally:
+        engine.dispose()
+    assert problem is not None
+    assert "v3.0.0.d" in problem and "bnn-tune migrate" in problem
