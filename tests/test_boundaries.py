@@ -1,4 +1,4 @@
-"""Package boundaries (docs/CONTRACTS.md), checked in fresh interpreters.
+"""Package boundaries (docs/ARCHITECTURE.md), checked in fresh interpreters.
 
 * ``bnn_core`` and every submodule: pure PyTorch, never optuna/sqlalchemy/fastapi/pydantic/
   service/worker.
