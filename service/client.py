@@ -258,16 +258,27 @@ class Client:
         return plain_params(best.get("params") or {})
 
     def plot(
-        self, study_id: int, kind: str, path: str | Path | None = None, format: str | None = None
+        self,
+        study_id: int,
+        kind: str,
+        path: str | Path | None = None,
+        format: str | None = None,
+        *,
+        trial: int | None = None,
+        compare: int | None = None,
     ) -> bytes:
         """The plot's bytes (PNG, or SVG when ``format="svg"`` or ``path`` ends in .svg);
-        written to ``path`` when given."""
+        written to ``path`` when given. ``trial``: the trial a ``layer-flips`` plot draws (default
+        the best); ``compare``: another study whose best filters a ``filter`` plot overlays."""
         fmt = format or (
             "svg" if path is not None and str(path).lower().endswith(".svg") else "png"
         )
-        data = self.request(
-            "GET", f"/studies/{int(study_id)}/plots/{kind}", params={"format": fmt}
-        )
+        params: dict[str, Any] = {"format": fmt}
+        if trial is not None:
+            params["trial"] = int(trial)
+        if compare is not None:
+            params["compare"] = int(compare)
+        data = self.request("GET", f"/studies/{int(study_id)}/plots/{kind}", params=params)
         if not isinstance(data, bytes):  # a JSON answer, e.g. "nothing to plot yet"
             data = json.dumps(data).encode()
         if path is not None:

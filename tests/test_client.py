@@ -205,6 +205,12 @@ def test_plot_to_a_file(client: Client, unique_name: Callable[..., str], tmp_pat
     assert (tmp_path / "out" / "p.svg").read_bytes() == data
     assert b"<svg" in data[:500]
     assert client.plot(study["id"], "curves").startswith(b"\x89PNG")
+    # trial and compare reach the route: a trial the study lacks is a 404 naming it.
+    with pytest.raises(ApiError) as missing:
+        client.plot(study["id"], "layer-flips", trial=7)
+    assert missing.value.status_code == 404 and "trial" in str(missing.value)
+    other = client.submit(spec_dict(unique_name("plot-other")))
+    assert client.plot(study["id"], "filter", compare=other["id"]).startswith(b"\x89PNG")
 
 
 def test_stop_wait_and_delete(

@@ -280,6 +280,10 @@ def _add_plot(sub: Any) -> None:
     p.add_argument("--kind", choices=PLOT_KINDS, required=True, help="which plot")
     p.add_argument("--out", metavar="FILE", required=True, help="output file (.png or .svg)")
     p.add_argument("--format", choices=PLOT_FORMATS, help="default: from FILE's suffix")
+    p.add_argument("--trial", type=int, metavar="N", help="layer-flips: this trial (default best)")
+    p.add_argument(
+        "--compare", type=int, metavar="ID", help="filter: overlay this study's best filters"
+    )
 
 
 def _add_workers(sub: Any) -> None:

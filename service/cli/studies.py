@@ -177,6 +177,8 @@ def cmd_workers(args: argparse.Namespace) -> int:
 
 def cmd_plot(args: argparse.Namespace) -> int:
     out = Path(args.out)
-    data = client_from_args(args).plot(args.study_id, args.kind, out, format=args.format)
+    data = client_from_args(args).plot(
+        args.study_id, args.kind, out, format=args.format, trial=args.trial, compare=args.compare
+    )
     print(f"wrote {out} ({len(data)} bytes)")
     return 0
