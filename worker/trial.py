@@ -18,8 +18,9 @@ Outcomes (what the trial looks like in Optuna and the dashboard):
   anything else) -> FAIL with ``error = "<Type>: <message>"``; the worker goes on;
 * sampled values that violate a constraint (filter alpha > gamma) -> PRUNED without training.
 
-Final user attrs, numbers optuna-dashboard can sort and plot: ``flip_ratio`` (of the last
-epoch), ``epochs_run``, ``seconds`` (wall time), ``worker`` (its id; also ``worker_id``).
+User attrs that are numbers optuna-dashboard can sort and plot: ``flip_ratio`` (of the latest
+epoch), ``epochs_run`` (both updated after every epoch, so a running trial shows them too),
+``seconds`` (wall time, set when the trial ends), and ``worker`` (its id; also ``worker_id``).
 
 Every database write of a trial is retried while the database is briefly unreachable
 (:func:`retry_db`), so an outage of a few seconds does not lose an epoch or the final tell.
@@ -136,6 +137,9 @@ class EpochRecorder:
         self.last = metrics
         self.epochs.append(epoch_record(metrics))
         _set_attr(self.trial, "epochs", self.epochs)
+        _set_attr(self.trial, "epochs_run", len(self.epochs))
+        if math.isfinite(metrics.flip_ratio):
+            _set_attr(self.trial, "flip_ratio", float(metrics.flip_ratio))
         if self.report and math.isfinite(metrics.val_accuracy):
             step = metrics.epoch
             retry_db(lambda: self.trial.report(metrics.val_accuracy, step), "report")
