@@ -492,6 +492,31 @@ def test_list_stop_delete(
     assert err.startswith("bnn-tune stop: error: HTTP 4") and len(err.splitlines()) == 1
 
 
+def test_resume_and_delete_purge(
+    api_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    study_id = _submit(api_url, _spec(tmp_path), capsys)
+    assert main(["stop", study_id, "--api-url", api_url]) == 0  # never started: stopped
+    capsys.readouterr()
+    assert main(["resume", study_id, "--add-trials", "2", "--api-url", api_url]) == 0
+    out = capsys.readouterr().out
+    assert out == f"study {study_id} digits-bop-demo: queued, budget 12 trials\n"
+    # a queued study cannot be resumed: the API's 409, as one line naming the status
+    assert main(["resume", study_id, "--api-url", api_url]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("bnn-tune resume: error: HTTP 409") and "is queued" in err
+    assert len(err.splitlines()) == 1
+    assert main(["stop", study_id, "--api-url", api_url]) == 0
+    assert main(["delete", study_id, "--purge", "--api-url", api_url]) == 0
+    out = capsys.readouterr().out.splitlines()[-1]
+    assert (
+        out
+        == f"study {study_id} digits-bop-demo: deleted, its Optuna study removed and its name free"
+    )
+    again = _submit(api_url, _spec(tmp_path), capsys)  # the name is free
+    assert int(again) > int(study_id)
+
+
 def test_export_csv_and_json_match_optuna(
     api_url: str, fresh_postgres_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
