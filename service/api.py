@@ -288,7 +288,7 @@ def list_trials(
 
 @studies.post("/{study_id}/stop")
 def stop_study(study_id: StudyId, session: SessionDep) -> StudySummary:
-    """Ask workers to stop: running trials end at their next epoch, then status=stopped."""
+    """Ask workers to stop: running trials end within a few training steps, then `stopped`."""
     study = ops.stop_study(session, _study(session, study_id))
     session.commit()
     return _summary(study)

@@ -23,7 +23,7 @@ __all__ = [
 STUDY_STATUSES: tuple[str, ...] = (
     "queued",  # created, no worker has started a trial yet
     "running",  # a worker started at least one trial
-    "stopping",  # POST /stop: workers end running trials at their next epoch
+    "stopping",  # POST /stop: running trials end within a few training steps
     "stopped",  # stopped by request; no trial runs
     "completed",  # the budget (n_trials) is used up and every trial finished
     "failed",  # the study cannot go on (see ``error``)

@@ -5,7 +5,7 @@ Shape of Optuna's ``_run_trial``, one small step per study::
     while not stop:
         for study in active studies (queued/running/stopping, oldest first):
             stopping      -> finish_stopping (the last to see no RUNNING trial sets 'stopped')
-            timed out     -> no new trials, running ones end at their next epoch (PRUNED,
+            timed out     -> no new trials, running ones end within a few steps (PRUNED,
                              stop_reason 'study timed out'); 'completed' once nothing runs
             cannot serve  -> leave it to other workers (wrong device kind, or this worker
                              lacks its data set: recorded in the registry, no budget used)

@@ -51,7 +51,7 @@ __all__ = ["STUDY_TIMED_OUT", "WorkerStats", "StudyRun"]
 logger = logging.getLogger(__name__)
 
 STATUS_CHECK_S = 1.0  # the status watch reads the study's status once a second
-STUDY_TIMED_OUT = "study timed out"  # timeout_s passed: running trials end at their next epoch
+STUDY_TIMED_OUT = "study timed out"  # timeout_s passed: running trials end within a few steps
 
 
 @dataclass
@@ -179,7 +179,7 @@ class StudyRun:
             except Exception as exc:
                 if not is_connectivity_error(exc):
                     raise
-                return None  # keep training; the next epoch checks again
+                return None  # keep training; the next poll checks again
             self._status = (now, status, started)
         if status not in ("queued", "running"):
             return STUDY_STOPPED if status in ("stopping", "stopped") else f"study {status}"

@@ -152,7 +152,7 @@ def give_back_claims(session: Session, study_id: int, claimed: int, trials: int)
 
 def request_stop(session: Session, study_id: int) -> bool:
     """Ask the workers to stop: a study that never got a claim stops at once, one with claims
-    becomes ``stopping`` (its trials end at their next epoch). False when it is neither
+    becomes ``stopping`` (its trials end within a few steps). False when it is neither
     queued nor running. Conditional updates: a claim at the same moment cannot be missed."""
     never_started = Study.n_claimed == 0
     if transition(session, study_id, "stopped", from_=("queued",), where=never_started):
