@@ -195,7 +195,7 @@ def test_final_status_rule() -> None:
 
 
 def test_reaper_fails_a_poisoned_study_once_and_goes_on(
-    postgres_url: str, unique_name: Callable[..., str]
+    fresh_postgres_url: str, unique_name: Callable[..., str]
 ) -> None:
     # The only trial failed with a NUL byte in its error; the study's error is made of it, and
     # PostgreSQL refuses NUL in text. The reaper stores it made safe (not a retried "outage"),
@@ -205,6 +205,7 @@ def test_reaper_fails_a_poisoned_study_once_and_goes_on(
     from service.spec import parse_spec
     from service.studies import create_study, make_optuna_storage
 
+    postgres_url = fresh_postgres_url  # a database of its own: reap_once counts every study
     engine = make_engine(postgres_url)
     storage = make_optuna_storage(postgres_url)
     ids = []
