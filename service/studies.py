@@ -1,7 +1,8 @@
 """Study operations over our table and the study's Optuna storage (no FastAPI here).
 
 The API routes and the CLI (``bnn-tune status``) share these. Functions take a session and never
-commit, except :func:`create_study`, which must create the Optuna study in between.
+commit, except :func:`create_study` and :func:`delete_study`, which write Optuna's study (on its
+own connection) between two commits of ours.
 
 Reads that must scale to studies with many thousands of trials (progress counts, the best trial,
 a page of trials) query Optuna's tables with SQLAlchemy Core through our session (the same
