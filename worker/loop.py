@@ -64,6 +64,12 @@ __all__ = ["DatabaseNotReady", "Worker", "WorkerStats", "run_worker", "run_study
 logger = logging.getLogger(__name__)
 
 
+def _warm_key(spec: StudySpec) -> tuple[str, Any]:
+    """A study's warm-start trials are loaded once per (name, source id): a purged name reused
+    by a study with another source loads its own."""
+    return spec.name, spec.warm_start.study if spec.warm_start is not None else None
+
+
 class Worker:
     """One worker process: its engine, lifecycle, registry row and the stop event."""
 
@@ -101,7 +107,7 @@ class Worker:
             settings.heartbeat_interval_s,
             lambda: self.stats.trials,
         )
-        self._warm: dict[str, list[FrozenTrial]] = {}  # study name -> warm-start trials
+        self._warm: dict[tuple[str, Any], list[FrozenTrial]] = {}  # see _warm_key
         self._skipped: set[int] = set()  # studies whose failure could not even be recorded
         self._logged: set[tuple[int, str]] = set()
 
@@ -219,7 +225,7 @@ class Worker:
             stats=self.stats,
             datasets=self.datasets,
             train_fn=self.train_fn,
-            warm=self._warm.get(ctx.spec.name, []),
+            warm=self._warm.get(_warm_key(ctx.spec), []),
         )
         trial = run.claim()
         if trial is None:
@@ -238,11 +244,12 @@ class Worker:
 
     def _sampling(self, spec: StudySpec) -> tuple[Any, Any]:
         """The spec's sampler (informed by its warm-start trials, loaded once) and pruner."""
-        if spec.name not in self._warm:
+        key = _warm_key(spec)
+        if key not in self._warm:
             retries = spec.max_retries if spec.max_retries is not None else 0
             storage = self.lifecycle.storage(retries)
-            self._warm[spec.name] = source_trials(self.engine, storage, spec)
-        warm = self._warm[spec.name]
+            self._warm[key] = source_trials(self.engine, storage, spec)
+        warm = self._warm[key]
         return warm_sampler(spec, build_sampler(spec), warm, spec.sampler.seed), build_pruner(spec)
 
     def fail_study(self, row: Study, exc: BaseException) -> None:
