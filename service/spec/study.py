@@ -159,7 +159,7 @@ class StudySpec(_Strict):
     timeout_s: finite_float(gt=0, le=limits.MAX_TIMEOUT_S) | None = Field(  # type: ignore[valid-type]
         None,
         description="Wall-clock budget of the study, counted from its first trial: then no "
-        "trial starts and running ones end at their next epoch.",
+        "trial starts and running ones stop within a few training steps.",
     )
     sampler: SamplerSpec = Field(default_factory=SamplerSpec)
     warm_start: WarmStartSpec | None = Field(
