@@ -7,8 +7,8 @@
 #   SECTIONS="tests e2e" bash scripts/gpu_checks.sh   # a subset (names below)
 #
 # Sections and what each measures:
-#   tests    CUDA-only tests (tests/core/test_cuda.py, the CUDA variants in
-#            test_stacked_isolation.py / test_stacked_speed.py: isolation of a diverging trial,
+#   tests    CUDA-only tests (tests/core/test_core_cuda.py, the CUDA variants in
+#            test_core_stacked_isolation.py / test_core_stacked_speed.py: isolation of a diverging trial,
 #            captured step == eager step, choose_slots by throughput, measure_slot_bytes) and
 #            the optimizer's CUDA-graph test -> pytest.txt
 #   e2e      benchmarks/e2e_study.py: a real API + worker on SQLite, BinaryNet, batch 50,
@@ -43,9 +43,9 @@ echo "== environment"
 
 if want tests; then
     echo "== CUDA tests"
-    timeout "${TEST_TIMEOUT:-180}" "${PYTEST[@]}" tests/core/test_cuda.py \
-        tests/core/test_stacked_isolation.py tests/core/test_stacked_speed.py \
-        "tests/core/test_optimizers.py::test_step_never_syncs_and_can_be_captured_in_a_cuda_graph" \
+    timeout "${TEST_TIMEOUT:-180}" "${PYTEST[@]}" tests/core/test_core_cuda.py \
+        tests/core/test_core_stacked_isolation.py tests/core/test_core_stacked_speed.py \
+        "tests/core/test_core_optimizers.py::test_step_never_syncs_and_can_be_captured_in_a_cuda_graph" \
         2>&1 | tee "$OUT/pytest.txt"
 fi
 

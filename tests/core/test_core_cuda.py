@@ -1,7 +1,7 @@
 """What only a CUDA device can show: bf16 + channels_last numerics, split vs grouped
 convolutions in cuDNN, stacked vs solo training on the GPU, real out-of-memory back-off,
 slot sizing from real free memory, and torch.compile. Skipped without CUDA (CI has none);
-run on a GPU machine with ``pytest tests/core/test_cuda.py``."""
+run on a GPU machine with ``pytest tests/core/test_core_cuda.py``."""
 
 from __future__ import annotations
 

@@ -327,7 +327,7 @@ def test_configs_that_differ_in_shared_fields_raise_config_error() -> None:
     with pytest.raises(ConfigError) as info:
         train_stacked([a, dataclasses.replace(a, seed=1, epochs=3)])
     assert info.value.field == "epochs"
-    # Every family is stackable (latent ones too: test_stacked_latent.py), but not mixed.
+    # Every family is stackable (latent ones too: test_core_stacked_latent.py), but not mixed.
     latent = dataclasses.replace(a, seed=1, optimizer=OptimizerConfig(name="latent-adam"))
     with pytest.raises(ConfigError) as info:
         train_stacked([a, latent])
