@@ -24,6 +24,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import Session
 
 from service import studies as ops
+from service import trial_views as views
 from service import workers as registry
 from service.errors import InvalidSpecError, NotFoundError, ServiceError, StorageUnavailableError
 from service.limits import INT32_MAX, MAX_N_TRIALS
@@ -246,8 +247,8 @@ def _public(
     request: Request, session: Session, storage: BaseStorage, settings: Settings, study: Study
 ) -> StudyPublic:
     spec = ops.spec_of(study)
-    optuna_id = ops.optuna_study_id(session, study)
-    best = ops.best_of(session, storage, optuna_id, spec.directions)
+    optuna_id = views.optuna_study_id(session, study)
+    best = views.best_of(session, storage, optuna_id, spec.directions)
     single = not spec.is_multi_objective
     waiting = registry.waiting_reason(session, study, registry.live_after_s(settings))
     return StudyPublic(
@@ -257,8 +258,8 @@ def _public(
         directions=spec.directions,
         eval_protocol=spec.eval_protocol,
         error=study.error,
-        progress=ops.trial_counts(session, optuna_id),
-        budget=ops.budget(study),
+        progress=views.trial_counts(session, optuna_id),
+        budget=views.budget(study),
         best_trial=best[0] if single and best else None,
         best_value=best[0].values[0] if single and best else None,
         pareto_front=None if single else best,
@@ -278,12 +279,12 @@ def list_trials(
     ] = None,
 ) -> TrialsPublic:
     """Trials by number, with per-epoch curves, error and retry info."""
-    optuna_id = ops.optuna_study_id(session, _study(session, study_id))
+    optuna_id = views.optuna_study_id(session, _study(session, study_id))
     wanted = None if state is None else TrialState[state]
-    page, count = ops.trials_page(
+    page, count = views.trials_page(
         session, storage, optuna_id, state=wanted, skip=skip, limit=limit
     )
-    return TrialsPublic(data=[ops.trial_public(t) for t in page], count=count)
+    return TrialsPublic(data=[views.trial_public(t) for t in page], count=count)
 
 
 @studies.post("/{study_id}/stop")
@@ -370,12 +371,12 @@ def plot_study(
         except NotFoundError as exc:
             raise NotFoundError(f"compare: {exc.message}") from exc
         other = StudyData(
-            ops.spec_of(compared), ops.load_trials(storage, compared), compared.status
+            ops.spec_of(compared), views.load_trials(storage, compared), compared.status
         )
     content = render_plot(
         kind,
         ops.spec_of(study),
-        ops.load_trials(storage, study),
+        views.load_trials(storage, study),
         format,
         status=study.status,
         error=study.error,

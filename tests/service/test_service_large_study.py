@@ -18,6 +18,7 @@ from optuna.trial import FrozenTrial, TrialState, create_trial
 from sqlalchemy.orm import Session
 
 from service import studies as ops
+from service import trial_views as views
 from service.db import make_engine
 from service.models import Study
 from service.spec import SPEC_EXAMPLES
@@ -80,7 +81,7 @@ def reference(backend_url: str, large: dict[str, Any]) -> Iterator[list[FrozenTr
         with Session(engine) as session:
             row = session.get(Study, large["id"])
             assert row is not None
-            yield ops.load_trials(storage, row)
+            yield views.load_trials(storage, row)
     finally:
         engine.dispose()
         storage.engine.dispose()
@@ -88,7 +89,7 @@ def reference(backend_url: str, large: dict[str, Any]) -> Iterator[list[FrozenTr
 
 def _json(trials: list[FrozenTrial]) -> list[dict[str, Any]]:
     """What the API sends for these trials (in JSON, an infinite value reads null)."""
-    return [json.loads(ops.trial_public(t).model_dump_json()) for t in trials]
+    return [json.loads(views.trial_public(t).model_dump_json()) for t in trials]
 
 
 def _page(client: httpx.Client, created: dict[str, Any], **params: Any) -> dict[str, Any]:
@@ -111,10 +112,10 @@ def test_progress_and_best(
         "n_waiting": per_state,
         "n_total": N_TRIALS,
     }
-    assert body["progress"] == ops.study_progress(reference).model_dump()
+    assert body["progress"] == views.study_progress(reference).model_dump()
     # value 24/25 first at number 24 (COMPLETE: 24 % 10 = 4); 20 has +inf and does not count
     assert body["best_trial"]["number"] == 24 and body["best_value"] == 0.96
-    best = ops.best_trials(reference, ["maximize"])
+    best = views.best_trials(reference, ["maximize"])
     assert body["best_trial"] == best[0].model_dump(mode="json")
     assert body["pareto_front"] is None
 
@@ -128,12 +129,12 @@ def test_best_of_matches_the_python_rule(
         with Session(engine) as session:
             row = session.get(Study, large["id"])
             assert row is not None
-            optuna_id = ops.optuna_study_id(session, row)
+            optuna_id = views.optuna_study_id(session, row)
             for directions in (["maximize"], ["minimize"]):
-                got = ops.best_of(session, storage, optuna_id, directions)
-                assert got == ops.best_trials(reference, directions), directions
+                got = views.best_of(session, storage, optuna_id, directions)
+                assert got == views.best_trials(reference, directions), directions
             assert [b.number for b in got] == [0]  # value 0.0, the lowest number of the ties
-            assert ops.best_of(session, storage, None, ["maximize"]) == []
+            assert views.best_of(session, storage, None, ["maximize"]) == []
     finally:
         engine.dispose()
         storage.engine.dispose()

@@ -14,7 +14,7 @@ from bnn_core.filters import cutoff_to_rate, filter_summary
 from service.cli.tables import study_summary
 from service.plots import render_plot
 from service.spec import stored_spec
-from service.studies import trial_public
+from service.trial_views import trial_public
 from worker.loop import run_study
 
 SPACE = {

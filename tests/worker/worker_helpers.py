@@ -14,7 +14,8 @@ from bnn_core.config import EpochMetrics, TrainConfig, TrainResult
 from service.db import make_engine
 from service.models import Study
 from service.spec import parse_spec
-from service.studies import create_study, load_trials, make_optuna_storage
+from service.studies import create_study, make_optuna_storage
+from service.trial_views import load_trials
 from worker.settings import WorkerSettings
 
 TINY = {
