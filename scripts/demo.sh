@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The one command for a fresh machine: create .venv, install BNN-Tune with the CPU build of
-# torch, then run the demo study end to end (SQLite + CPU, 2-3 minutes on two cores).
+# torch, then run the demo study end to end (SQLite + CPU, under a minute on two cores).
 #   bash scripts/demo.sh            # the default study, examples/digits-bop.yaml
-#   bash scripts/demo.sh examples/digits-filter.yaml
+#   bash scripts/demo.sh examples/bop2-mlp-digits.yaml
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,9 +15,10 @@ PIP=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
 
 echo "==> installing torch==2.13.0 (CPU build)"
 # Pinned on purpose: a looser range pulls a multi-GB CUDA build.
-"${PIP[@]}" torch==2.13.0
+# Exact versions from requirements/constraints.txt, as scripts/test.sh and the images install.
+"${PIP[@]}" -c requirements/constraints.txt torch==2.13.0
 echo "==> installing bnn-tune with the train and dev extras"
-"${PIP[@]}" -e '.[train,dev]'
+"${PIP[@]}" -c requirements/constraints.txt -e '.[train,dev]'
 
 echo "==> bnn-tune demo $*"
 exec .venv/bin/bnn-tune demo "$@"

@@ -141,7 +141,7 @@ def _add_demo(sub: Any) -> None:
         sub,
         "demo",
         cmd_demo,
-        "run a whole study end to end on SQLite + CPU (2-3 minutes)",
+        "run a whole study end to end on SQLite + CPU (about a minute)",
         "Migrate a fresh SQLite database, start the API and a local worker, submit "
         "SPEC, show progress, print the best parameters and a comparison table, write the "
         "plots, and shut everything down.",
