@@ -28,6 +28,13 @@ class WorkerSettings(Settings):
     worker_id: str = Field(default_factory=default_worker_id, description="Shown on each trial.")
     device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'.")
     poll_interval_s: float = Field(2.0, gt=0, description="Sleep between polls when idle.")
+    status_check_s: float = Field(
+        1.0,
+        gt=0,
+        description="While training, how often the study's status is read, so a stop reaches "
+        "running trials within this many seconds (one small read per training worker each "
+        "time: raise it for fleets of hundreds of workers).",
+    )
     data_root: str | None = Field(
         None,
         description="Folder holding one folder per data set (<root>/<dataset>, or the spec's "

@@ -50,7 +50,6 @@ __all__ = ["STUDY_TIMED_OUT", "WorkerStats", "StudyRun"]
 
 logger = logging.getLogger(__name__)
 
-STATUS_CHECK_S = 1.0  # the status watch reads the study's status once a second
 STUDY_TIMED_OUT = "study timed out"  # timeout_s passed: running trials end within a few steps
 
 
@@ -136,11 +135,13 @@ class StudyRun:
 
     @contextmanager
     def watching(self) -> Iterator[None]:
-        """While training: a thread reads the study's status every :data:`STATUS_CHECK_S`
+        """While training: a thread reads the study's status every ``status_check_s``
         (:meth:`refresh_status`), so :meth:`should_stop`, which training polls every
         ``stop_check_steps`` steps, only reads memory -- a stop reaches a running trial within
         about a second plus those steps, never at the end of its epoch."""
-        self._watch = Repeater(self.refresh_status, STATUS_CHECK_S, f"status-{self.ctx.id}")
+        self._watch = Repeater(
+            self.refresh_status, self.settings.status_check_s, f"status-{self.ctx.id}"
+        )
         self._watch.start()
         try:
             yield
@@ -160,9 +161,9 @@ class StudyRun:
 
     def should_stop(self) -> str | None:
         """Polled every ``stop_check_steps`` steps and after every epoch: SIGTERM, then the
-        study's status (read by :meth:`watching`'s thread; without it, at most once a second
-        here) and timeout. SIGTERM in a stopping study ends the trial as stopped (no retry;
-        a resume grows the budget instead)."""
+        study's status (read by :meth:`watching`'s thread; without it, at most every
+        ``status_check_s`` here) and timeout. SIGTERM in a stopping study ends the trial as
+        stopped (no retry; a resume grows the budget instead)."""
         if self.stop.is_set():
             try:
                 status, _ = self.lifecycle.status_and_start(self.ctx.id)
@@ -173,7 +174,7 @@ class StudyRun:
             return STUDY_STOPPED if status in ("stopping", "stopped") else WORKER_TERMINATED
         now = time.monotonic()
         checked, status, started = self._status
-        if self._watch is None and now - checked >= STATUS_CHECK_S:
+        if self._watch is None and now - checked >= self.settings.status_check_s:
             try:
                 status, started = self.lifecycle.status_and_start(self.ctx.id)
             except Exception as exc:

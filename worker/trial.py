@@ -6,9 +6,9 @@ Outcomes (what the trial looks like in Optuna and the dashboard):
   last epoch or wall ``time`` in seconds when the spec has a second objective);
 * ``trial.should_prune()`` -> PRUNED (Optuna takes the last reported val_accuracy);
 * the study is ``stopping`` -> PRUNED within ``stop_check_steps`` steps of the worker seeing
-  it (its status is read once a second), the unfinished epoch dropped, user attr
-  ``stop_reason = "study stopped"`` (PRUNED keeps its learning curve visible and usable by the
-  sampler; nothing is retried: a resume grows the budget instead);
+  it (its status is read every ``status_check_s``, 1 s by default), the unfinished epoch
+  dropped, user attr ``stop_reason = "study stopped"`` (PRUNED keeps its learning curve
+  visible and usable by the sampler; nothing is retried: a resume grows the budget instead);
 * the study's ``timeout_s`` passed -> PRUNED the same way, user attr
   ``stop_reason = "study timed out"``;
 * the worker got SIGTERM -> FAIL after the current epoch with ``error = "worker terminated"``,
