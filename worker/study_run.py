@@ -149,15 +149,17 @@ class StudyRun:
             self._watch.stop()
             self._watch = None
 
-    def refresh_status(self) -> None:
-        """Read the study's status and start (a lost connection keeps the last one read)."""
+    def refresh_status(self) -> bool:
+        """Read the study's status and start; False when the connection is lost (the last one
+        read is kept)."""
         try:
             status, started = self.lifecycle.status_and_start(self.ctx.id)
         except Exception as exc:
             if not is_connectivity_error(exc):
                 raise
-            return
+            return False
         self._status = (time.monotonic(), status, started)
+        return True
 
     def should_stop(self) -> str | None:
         """Polled every ``stop_check_steps`` steps and after every epoch: SIGTERM, then the
@@ -165,23 +167,15 @@ class StudyRun:
         ``status_check_s`` here) and timeout. SIGTERM in a stopping study ends the trial as
         stopped (no retry; a resume grows the budget instead)."""
         if self.stop.is_set():
-            try:
-                status, _ = self.lifecycle.status_and_start(self.ctx.id)
-            except Exception as exc:
-                if not is_connectivity_error(exc):
-                    raise
+            if not self.refresh_status():
                 return WORKER_TERMINATED
-            return STUDY_STOPPED if status in ("stopping", "stopped") else WORKER_TERMINATED
-        now = time.monotonic()
-        checked, status, started = self._status
-        if self._watch is None and now - checked >= self.settings.status_check_s:
-            try:
-                status, started = self.lifecycle.status_and_start(self.ctx.id)
-            except Exception as exc:
-                if not is_connectivity_error(exc):
-                    raise
+            stopping = self._status[1] in ("stopping", "stopped")
+            return STUDY_STOPPED if stopping else WORKER_TERMINATED
+        checked = self._status[0]
+        if self._watch is None and time.monotonic() - checked >= self.settings.status_check_s:
+            if not self.refresh_status():
                 return None  # keep training; the next poll checks again
-            self._status = (now, status, started)
+        _, status, started = self._status
         if status not in ("queued", "running"):
             return STUDY_STOPPED if status in ("stopping", "stopped") else f"study {status}"
         if timed_out(self.spec.timeout_s, started):
