@@ -9,7 +9,7 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import optuna
@@ -155,10 +155,7 @@ class Lifecycle:
             row = session.execute(query).first()
         if row is None:
             return "deleted", None
-        started = row[1]
-        if started is not None and started.tzinfo is None:
-            started = started.replace(tzinfo=UTC)
-        return row[0], started
+        return row[0], row[1]  # UTCDateTime: aware on every backend
 
     def fail_vanished(self) -> list[int]:
         """Fail the studies whose Optuna study is gone (:func:`state.fail_vanished`)."""

@@ -164,8 +164,6 @@ def timed_out(timeout_s: float | None, started_at: datetime | None) -> bool:
     """Whether a study's ``timeout_s`` (counted from its first claim) has passed."""
     if timeout_s is None or started_at is None:
         return False
-    if started_at.tzinfo is None:  # SQLite returns naive datetimes
-        started_at = started_at.replace(tzinfo=UTC)
     return (datetime.now(UTC) - started_at).total_seconds() > timeout_s
 
 
@@ -255,7 +253,6 @@ def fail_vanished(session: Session, older_than_s: float) -> list[int]:
     ).all()
     failed = []
     for study_id, name, created in rows:
-        created = created.replace(tzinfo=UTC) if created.tzinfo is None else created
         if (now - created).total_seconds() < older_than_s:
             continue
         if transition(session, study_id, "failed", error=vanished_error(name)):
