@@ -48,6 +48,7 @@ from service.lifecycle import (
     timed_out,
 )
 from service.models import Study
+from service.settings import redact_url
 from service.spec import StudySpec
 from service.workers import can_train, dataset_key
 from worker.datasets import DataSets
@@ -133,7 +134,7 @@ class Worker:
 
     @property
     def db(self) -> str:
-        return self.engine.url.render_as_string(hide_password=True)
+        return redact_url(self.settings.database_url)
 
     def _wait_until_migrated(self) -> bool:
         """False when stopped first; raises :class:`DatabaseNotReady` under ``once``."""
